@@ -1,0 +1,33 @@
+"""Shared test helpers: where ../shared is, and loading of the reference fixtures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("JUKEBOX_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+FIXTURES = REFERENCE / "fixtures"
+MANIFESTS = REFERENCE / "manifests"
+IDS_DIR = REFERENCE / "ids"
+DATA = SHARED / "data"
+
+
+def load_fixture(name: str) -> dict:
+    """Load ``reference/fixtures/<name>.pt`` (plain tensors and containers only)."""
+    path = FIXTURES / f"{name}.pt"
+    if not path.exists():
+        pytest.fail(f"reference fixture {path} is missing: tests need ../shared beside the checkout")
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # The reference outputs were produced with 2 threads; fix the count so reductions are stable.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
