@@ -159,13 +159,20 @@ def allreduce(x: torch.Tensor | float, op: str = "sum") -> torch.Tensor | float:
     if op not in ops:
         raise ValueError(f"allreduce op must be one of {sorted(ops)}, got {op!r}")
     is_number = not isinstance(x, torch.Tensor)
-    tensor = torch.as_tensor(x, dtype=torch.float64) if is_number else x
+    tensor = torch.as_tensor(x, dtype=torch.float64, device=_collective_device()) if is_number else x
     if is_distributed():
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=ops[op])
         if op == "mean":
             tensor = tensor / get_world_size()
     return tensor.item() if is_number else tensor
+
+
+def _collective_device() -> torch.device:
+    # NCCL only reduces CUDA tensors; gloo takes CPU tensors.
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def allgather(x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,178 @@
+"""Artist and genre id tables of the labelled priors.
+
+A table is a text file with one ``name;id`` entry a line (UTF-8); several names may share an id
+(``unknown``, ``various`` and ``''`` are all artist 0 in v2). The released tables belong to the released
+weights: they live in ``$JUKEBOX_IDS_DIR``, or else in the cache beside the downloaded checkpoints
+(``$JUKEBOX_CACHE/ids``, by default ``~/.cache/jukebox/ids``). Models trained on your own data carry
+their own tables, written from the dataset's metadata by ``write_id_tables``.
+
+v2 tables (5b, 5b_lyrics) hold normalised names (``norm``) and genres are a bag of words;
+v3 tables (1b_lyrics) hold lowercased names and a genre is one id.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from jukebox.utils.remote import cache_dir
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+_UNDERSCORES = re.compile(r"_+")
+
+
+def norm(name: str) -> str:
+    """v2 normalisation: lowercase, every character outside a-z/0-9 becomes '_', runs collapsed, ends stripped."""
+    return _UNDERSCORES.sub("_", _NOT_ALNUM.sub("_", name.lower())).strip("_")
+
+
+def default_ids_dir() -> Path:
+    """``$JUKEBOX_IDS_DIR`` if set, else ``$JUKEBOX_CACHE/ids`` (``JUKEBOX_CACHE`` defaults to ~/.cache/jukebox)."""
+    if os.environ.get("JUKEBOX_IDS_DIR"):
+        return Path(os.environ["JUKEBOX_IDS_DIR"]).expanduser()
+    return cache_dir() / "ids"
+
+
+def table_path(ids_dir: str | os.PathLike, v3: bool, kind: str) -> Path:
+    """Path of the ``artist`` or ``genre`` table of a vocabulary version."""
+    return Path(ids_dir) / f"{'v3' if v3 else 'v2'}_{kind}_ids.txt"
+
+
+def read_id_table(path: Path) -> dict[str, int]:
+    """name (lowercased) -> id. A name listed twice keeps its last id."""
+    ids = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            name, sep, idx = line.rstrip("\r\n").rpartition(";")
+            if not sep or not idx.strip().lstrip("-").isdigit():
+                raise ValueError(f"{path}:{n}: expected a 'name;id' line, got {line!r}")
+            ids[name.lower()] = int(idx)
+    return ids
+
+
+def reverse_table(ids: Mapping[str, int]) -> dict[int, str]:
+    """id -> name; names sharing an id are sorted and joined with '_' (v2 artist 0 is '_unknown_various')."""
+    names: dict[int, list[str]] = {}
+    for name, idx in ids.items():
+        names.setdefault(idx, []).append(name)
+    return {idx: "_".join(sorted(group)) for idx, group in names.items()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_id_tables(metadata: Iterable[Mapping[str, str]], out_dir: str | os.PathLike, v3: bool = True) -> dict[str, Path]:
+    """Write artist and genre tables for your own dataset, in the format ``ArtistGenreProcessor`` reads.
+
+    metadata: items with 'artist' and 'genre' entries (e.g. one per training file). Id 0 is 'unknown';
+    the other names get ids 1.. in sorted order. With v3=False names are normalised as v2 does and each
+    genre contributes its words. Point ``ids_dir`` (or ``$JUKEBOX_IDS_DIR``) at ``out_dir`` to use them.
+    Returns {'artist': path, 'genre': path}.
+    """
+    artists, genres = set(), set()
+    for i, meta in enumerate(metadata):
+        if "artist" not in meta or "genre" not in meta:
+            raise ValueError(f"metadata item {i} needs 'artist' and 'genre' entries, got keys {sorted(meta)}")
+        if v3:
+            artists.add(meta["artist"].lower())
+            genres.add(meta["genre"].lower())
+        else:
+            artists.add(norm(meta["artist"]))
+            genres.update(norm(meta["genre"]).split("_"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, names in (("artist", artists), ("genre", genres)):
+        names = sorted(names - {"unknown"})
+        bad = [name for name in names if "\n" in name or "\r" in name]
+        if bad:
+            raise ValueError(f"{kind} names cannot contain line breaks: {bad}")
+        lines = ["unknown;0"] + [f"{name};{i}" for i, name in enumerate(names, 1)]
+        paths[kind] = table_path(out_dir, v3, kind)
+        _write_atomic(paths[kind], "\n".join(lines) + "\n")
+    return paths
+
+
+class ArtistGenreProcessor:
+    """Maps artist and genre names to the ids of a labelled prior, and back.
+
+    ids_dir: folder holding ``{v2,v3}_artist_ids.txt`` and ``{v2,v3}_genre_ids.txt``; see ``default_ids_dir``.
+    Names missing from a table map to id 0 (unknown) with one warning per name.
+    """
+
+    def __init__(self, v3: bool = False, ids_dir: str | os.PathLike | None = None) -> None:
+        self.v3 = v3
+        self.ids_dir = Path(ids_dir) if ids_dir is not None else default_ids_dir()
+        self.artist_id_file = table_path(self.ids_dir, v3, "artist")
+        self.genre_id_file = table_path(self.ids_dir, v3, "genre")
+        missing = [p for p in (self.artist_id_file, self.genre_id_file) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"artist/genre id tables not found: {', '.join(map(str, missing))}. "
+                f"They ship with the released weights and are downloaded with them into {default_ids_dir()}; "
+                "otherwise set JUKEBOX_IDS_DIR (or pass ids_dir) to a folder holding "
+                f"{self.artist_id_file.name} and {self.genre_id_file.name}. "
+                "For your own dataset, write them with jukebox.data.artist_genre_processor.write_id_tables."
+            )
+        self.artist_ids = read_id_table(self.artist_id_file)
+        self.genre_ids = read_id_table(self.genre_id_file)
+        self.artists = reverse_table(self.artist_ids)
+        self.genres = reverse_table(self.genre_ids)
+        self._warned: set[tuple[str, str]] = set()
+
+    def normalise(self, name: str) -> str:
+        return name.lower() if self.v3 else norm(name)
+
+    def _lookup(self, kind: str, key: str, given: str, table: dict[str, int], path: Path) -> int:
+        if key in table:
+            return table[key]
+        if (kind, key) not in self._warned:
+            self._warned.add((kind, key))
+            close = difflib.get_close_matches(key, table.keys(), n=3)
+            hint = f" Close matches: {', '.join(map(repr, close))}." if close else ""
+            warnings.warn(
+                f"{kind} {given!r} (looked up as {key!r}) is not in {path}; using id 0 (unknown).{hint}",
+                stacklevel=3,
+            )
+        return 0
+
+    def get_artist_id(self, artist: str) -> int:
+        return self._lookup("artist", self.normalise(artist), artist, self.artist_ids, self.artist_id_file)
+
+    def get_genre_ids(self, genre: str) -> list[int]:
+        """v3: one id for the whole genre; v2: one id per word of the normalised genre."""
+        words = [genre.lower()] if self.v3 else norm(genre).split("_")
+        ids = []
+        for word in words:
+            ids.append(self._lookup("genre", word, genre, self.genre_ids, self.genre_id_file))
+        return ids
+
+    def get_artist(self, artist_id: int) -> str:
+        artist_id = int(artist_id)
+        if artist_id not in self.artists:
+            raise ValueError(f"artist id {artist_id} is not in {self.artist_id_file}")
+        return self.artists[artist_id]
+
+    def get_genre(self, genre_ids) -> str:
+        """Name of a genre from its ids; -1 entries (padding) are skipped, v2 words are joined with '_'."""
+        ids = [int(i) for i in genre_ids if int(i) >= 0]
+        if self.v3 and len(ids) != 1:
+            raise ValueError(f"a v3 genre is exactly one id, got {list(genre_ids)}")
+        unknown = [i for i in ids if i not in self.genres]
+        if unknown:
+            raise ValueError(f"genre ids {unknown} are not in {self.genre_id_file}")
+        return "_".join(self.genres[i] for i in ids)

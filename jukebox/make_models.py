@@ -1,0 +1,309 @@
+"""Build models from hyperparameters and restore their weights."""
+from __future__ import annotations
+
+import difflib
+import gc
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from jukebox.hparams import Hyperparams, setup_hparams
+from jukebox.utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
+from jukebox.utils.dist_utils import print_once
+from jukebox.utils.transformers_format import (from_transformers_state_dict, is_transformers_state_dict,
+                                                load_transformers_state_dict)
+from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
+
+__all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
+           "restore_model", "make_vqvae", "make_prior", "MODELS", "LazyPrior", "make_model"]
+
+# Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
+# Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
+MODELS: dict[str, tuple[str, ...]] = {
+    "5b": ("vqvae", "upsampler_level_0", "upsampler_level_1", "prior_5b"),
+    "5b_lyrics": ("vqvae", "upsampler_level_0", "upsampler_level_1", "prior_5b_lyrics"),
+    "1b_lyrics": ("vqvae", "upsampler_level_0", "upsampler_level_1", "prior_1b_lyrics"),
+}
+
+
+def round_sample_length(sample_length_in_seconds: float, sr: int, strides_t: Sequence[int],
+                        downs_t: Sequence[int]) -> int:
+    """``sample_length_in_seconds * sr`` rounded down to a multiple of the top level's hop length."""
+    top_hop = calculate_hop_lengths(strides_t, downs_t)[-1]
+    return int(sample_length_in_seconds * sr // top_hop) * top_hop
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """A local path for ``path``; ``http(s)://`` URLs are downloaded (once) by ``jukebox.utils.remote``."""
+    if not path.startswith(("http://", "https://")):
+        return path
+    try:
+        from jukebox.utils.remote import resolve_path
+    except ImportError as e:
+        raise ValueError(f"cannot download {path!r}: jukebox.utils.remote is not available ({e}). "
+                         "Download the file yourself and pass its local path instead.") from None
+    return resolve_path(path)
+
+
+def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str) -> None:
+    """Load ``checkpoint_path`` (local path or URL; '' = nothing to load) into ``model``.
+
+    Sets ``model.step`` to the checkpoint's step (0 without one).
+    """
+    model.step = 0
+    if not checkpoint_path:
+        return
+    path = resolve_checkpoint_path(checkpoint_path)
+    if os.path.isdir(path) or path.endswith(".safetensors"):
+        checkpoint = load_transformers_state_dict(path)
+    else:
+        checkpoint = load_checkpoint(path)
+    state_dict = checkpoint.get("model", checkpoint)
+    if is_transformers_state_dict(state_dict):
+        state_dict = _from_transformers(state_dict, model)
+    load_state_dict_checked(model, state_dict)
+    model.step = int(checkpoint.get("step", 0))
+
+
+def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu") -> VQVAE:
+    """The VQ-VAE of ``hps`` on ``device``, restored from ``hps.restore_vqvae`` if set.
+
+    Without ``hps.sample_length``, it is set (in ``hps``, as the original does) to
+    ``sample_length_in_seconds * sr`` rounded down to a multiple of the top hop length. On the
+    ``meta`` device (shapes only) no weights are restored. The model is in eval mode with frozen
+    parameters unless ``hps.train`` (and not ``hps.prior``); training from restored weights
+    restarts the codebook EMAs as if every code had been used equally.
+    """
+    device = torch.device(device)
+    if not hps.sample_length:
+        if not hps.sample_length_in_seconds:
+            raise ValueError("set hps.sample_length (samples) or hps.sample_length_in_seconds to build the VQ-VAE")
+        hps.sample_length = round_sample_length(hps.sample_length_in_seconds, hps.sr, hps.strides_t, hps.downs_t)
+        print_once(f"Setting sample length to {hps.sample_length} (i.e. {hps.sample_length / hps.sr} seconds) "
+                   f"to be a multiple of {calculate_hop_lengths(hps.strides_t, hps.downs_t)[-1]}")
+
+    block_kwargs = dict(width=hps.width, depth=hps.depth, m_conv=hps.m_conv,
+                        dilation_growth_rate=hps.dilation_growth_rate, dilation_cycle=hps.dilation_cycle,
+                        reverse_decoder_dilation=hps.vqvae_reverse_decoder_dilation)
+    with device:
+        vqvae = VQVAE(input_shape=(hps.sample_length, 1), levels=hps.levels, downs_t=hps.downs_t,
+                      strides_t=hps.strides_t, emb_width=hps.emb_width, l_bins=hps.l_bins, mu=hps.l_mu,
+                      commit=hps.commit, spectral=hps.spectral, multispectral=hps.multispectral,
+                      multipliers=hps.hvqvae_multipliers, use_bottleneck=hps.use_bottleneck, **block_kwargs)
+
+    if device.type != "meta":
+        restore_model(hps, vqvae, hps.restore_vqvae)
+    if hps.train and not hps.prior:
+        if hps.restore_vqvae and device.type != "meta":
+            for level, block in enumerate(vqvae.bottleneck.level_blocks):
+                num_tokens = (hps.sample_length // vqvae.hop_lengths[level]) * hps.bs
+                block.restore_k(num_tokens=num_tokens, threshold=hps.revival_threshold)
+    else:
+        vqvae.eval()
+        vqvae.requires_grad_(False)
+    return vqvae
+
+
+def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu") -> nn.Module:
+    """The prior (or upsampler) of level ``hps.level`` on top of ``vqvae``, restored from
+    ``hps.restore_prior`` if set.
+
+    Its windows are ``hps.n_ctx`` tokens; the other levels' code shapes scale with it. With
+    ``hps.fp16_params`` the transformer's linear weights are stored in float16. On the ``meta``
+    device (shapes only) nothing is allocated or restored. Eval mode with frozen parameters
+    unless ``hps.train``.
+    """
+    from jukebox.prior.prior import SimplePrior
+    from jukebox.transformer.ops import convert_conv_weights_to_fp16
+
+    device = torch.device(device)
+    # Activation checkpointing only matters when training.
+    prior_kwargs = dict(
+        input_shape=(hps.n_ctx,), bins=vqvae.l_bins, width=hps.prior_width, depth=hps.prior_depth, heads=hps.heads,
+        attn_order=hps.attn_order, blocks=hps.blocks, spread=hps.spread, attn_dropout=hps.attn_dropout,
+        resid_dropout=hps.resid_dropout, emb_dropout=hps.emb_dropout, zero_out=hps.zero_out,
+        res_scale=hps.res_scale, pos_init=hps.pos_init, init_scale=hps.init_scale, m_attn=hps.m_attn,
+        m_mlp=hps.m_mlp, checkpoint_res=hps.c_res if hps.train else 0,
+        checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0)
+    # cond_c_res also decides the module names of the conditioner's residual stacks (blocks vs model).
+    x_cond_kwargs = dict(
+        out_width=hps.prior_width, init_scale=hps.init_scale, width=hps.cond_width, depth=hps.cond_depth,
+        m_conv=hps.cond_m_conv, dilation_growth_rate=hps.cond_dilation_growth_rate,
+        dilation_cycle=hps.cond_dilation_cycle, zero_out=hps.cond_zero_out, res_scale=hps.cond_res_scale,
+        checkpoint_res=hps.cond_c_res)
+    y_cond_kwargs = dict(
+        out_width=hps.prior_width, init_scale=hps.init_scale, y_bins=tuple(hps.y_bins), t_bins=hps.t_bins,
+        sr=hps.sr, min_duration=hps.min_duration, max_duration=hps.max_duration,
+        max_bow_genre_size=hps.max_bow_genre_size)
+    prime_kwargs = dict(use_tokens=hps.use_tokens, prime_loss_fraction=hps.prime_loss_fraction,
+                        n_tokens=hps.n_tokens, bins=hps.n_vocab)
+    if hps.use_tokens and not hps.single_enc_dec:
+        prime_kwargs.update(
+            width=hps.prime_width, depth=hps.prime_depth, heads=hps.prime_heads, attn_order=hps.prime_attn_order,
+            blocks=hps.prime_blocks, spread=hps.prime_spread, attn_dropout=hps.prime_attn_dropout,
+            resid_dropout=hps.prime_resid_dropout, emb_dropout=hps.prime_emb_dropout,
+            zero_out=hps.prime_zero_out, res_scale=hps.prime_res_scale, pos_init=hps.prime_pos_init,
+            init_scale=hps.prime_init_scale, m_attn=hps.prime_m_attn, m_mlp=hps.prime_m_mlp,
+            checkpoint_res=hps.prime_c_res if hps.train else 0,
+            checkpoint_attn=hps.prime_c_attn if hps.train else 0,
+            checkpoint_mlp=hps.prime_c_mlp if hps.train else 0)
+
+    # This level gets n_ctx codes per window; the other levels scale with it.
+    level_tokens = vqvae.z_shapes[hps.level][0]
+    z_shapes = [(z_shape[0] * hps.n_ctx // level_tokens,) for z_shape in vqvae.z_shapes]
+    with device:
+        prior = SimplePrior(z_shapes=z_shapes, l_bins=vqvae.l_bins, encoder=vqvae.encode, decoder=vqvae.decode,
+                            level=hps.level, downs_t=vqvae.downs_t, strides_t=vqvae.strides_t, labels=hps.labels,
+                            prior_kwargs=prior_kwargs, x_cond_kwargs=x_cond_kwargs, y_cond_kwargs=y_cond_kwargs,
+                            prime_kwargs=prime_kwargs, copy_input=hps.copy_input, labels_v3=hps.labels_v3,
+                            merged_decoder=hps.merged_decoder, single_enc_dec=hps.single_enc_dec)
+    prior.alignment_head = hps.get("alignment_head", None)
+    prior.alignment_layer = hps.get("alignment_layer", None)
+    if hps.fp16_params:
+        convert_conv_weights_to_fp16(prior)
+
+    if device.type != "meta":
+        restore_model(hps, prior, hps.restore_prior)
+    if hps.train:
+        prior.train()
+    else:
+        prior.eval()
+        prior.requires_grad_(False)
+    return prior
+
+
+def _from_transformers(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our part of a transformers-format (``JukeboxModel``) state_dict: the VQ-VAE's, or the prior's of its level."""
+    if isinstance(model, VQVAE):
+        return from_transformers_state_dict(state_dict, model)
+    return from_transformers_state_dict(state_dict, model, model.level, model.levels)
+
+
+def _read_weights(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict for ``model`` in ``path`` (our checkpoint or the transformers port's), memory-mapped where
+    the file format allows, so tensors are paged in as they are used rather than all at once."""
+    path = resolve_checkpoint_path(path)
+    if os.path.isdir(path) or path.endswith(".safetensors"):
+        state = load_transformers_state_dict(path)
+    else:
+        try:
+            with torch.serialization.safe_globals([Hyperparams]):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # old (non-zip) files cannot be memory-mapped; load_checkpoint also words the errors
+            checkpoint = load_checkpoint(path)
+        state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    state = strip_module_prefix(state)
+    return _from_transformers(state, model) if is_transformers_state_dict(state) else state
+
+
+def _retie(module: nn.Module, groups: list[list[str]]) -> None:
+    """Make every name of a tied group point at the first name's parameter again (assign-loading unties them)."""
+    for names in groups:
+        param = module.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, param)
+
+
+class LazyPrior:
+    """A prior that holds no weights until its level runs.
+
+    Built on the ``meta`` device, it already answers everything the sampling schedule asks before sampling
+    (``n_ctx``, ``raw_to_tokens``, ``labeller``, ``get_y``, ``get_z_conds``, ...; attribute access is forwarded to
+    the module). ``load(device)`` reads ``hps.restore_prior`` and assigns its tensors into the module as they come
+    (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
+    ``unload()`` returns it to shapes only.
+    """
+
+    def __init__(self, hps: Hyperparams, vqvae: VQVAE) -> None:
+        self.hps, self.vqvae = hps, vqvae
+        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta")
+        self.tied = _tied_groups(self.module)
+        self.device: torch.device | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "module":  # not set yet (during unpickling or a failed __init__)
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("hps", "vqvae", "module", "tied", "device"):
+            object.__setattr__(self, name, value)
+        else:  # e.g. ids_dir, alignment_layer: they belong to the module
+            setattr(self.module, name, value)
+
+    @property
+    def loaded(self) -> bool:
+        return self.device is not None
+
+    def load(self, device: str | torch.device) -> nn.Module:
+        """The prior with its weights, on ``device``."""
+        device = torch.device(device)
+        if self.loaded:
+            return self.module.to(device)
+        if not self.hps.restore_prior:
+            print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
+            fresh = make_prior(self.hps, self.vqvae, "cpu")
+            fresh.ids_dir = self.module.ids_dir
+            object.__setattr__(self, "module", fresh)
+        else:
+            self._assign(_read_weights(self.hps.restore_prior, self.module))
+        self.module.to(device)
+        self.device = device
+        return self.module
+
+    def _assign(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.module.state_dict(keep_vars=True)
+        state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
+        try:
+            self.module.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.hps.restore_prior} does not fit the level-{self.module.level} prior "
+                                  f"(were its hps the same as when it was saved?): {e}") from None
+        _retie(self.module, self.tied)
+        leftovers = [n for n, t in [*self.module.named_parameters(), *self.module.named_buffers()] if t.is_meta]
+        if leftovers:
+            raise CheckpointError(f"the level-{self.module.level} prior has tensors outside its state_dict that "
+                                  f"stay unset after loading: {', '.join(leftovers[:5])}")
+
+    def unload(self) -> None:
+        """Drop the weights (back to shapes only) and free their memory."""
+        if not self.loaded:
+            return
+        self.module.to("meta")
+        self.device = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _tied_groups(module: nn.Module) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def make_model(model: str, device: str | torch.device, hps: Hyperparams,
+               levels: Sequence[int] | None = None) -> tuple[VQVAE, list[LazyPrior]]:
+    """The VQ-VAE (on ``device``, restored) and the priors of ``MODELS[model]`` as ``LazyPrior`` s.
+
+    ``hps`` gives ``sample_length`` or ``sample_length_in_seconds``; ``hps.sample_length`` is set to the VQ-VAE's
+    (rounded to a multiple of the top hop). levels: which priors to return (indices into the model's levels,
+    negative ones from the top; default all, bottom first).
+    """
+    if model not in MODELS:
+        close = difflib.get_close_matches(model, list(MODELS), n=3)
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + ". Add your own to MODELS in jukebox/make_models.py.")
+    vqvae_name, *prior_names = MODELS[model]
+    vqvae = make_vqvae(setup_hparams(vqvae_name, dict(
+        sample_length=hps.get("sample_length", 0),
+        sample_length_in_seconds=hps.get("sample_length_in_seconds", 0))), device)
+    hps.sample_length = vqvae.sample_length
+    levels = range(len(prior_names)) if levels is None else levels
+    priors = [LazyPrior(setup_hparams(prior_names[level], {}), vqvae) for level in levels]
+    return vqvae, priors

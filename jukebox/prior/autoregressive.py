@@ -1,0 +1,321 @@
+"""The autoregressive sparse transformer over one flat sequence of tokens.
+
+Training/scoring runs the whole sequence at once with the start token (or the label embedding
+``y_cond``) in front. Sampling runs one token per step through the transformer's key/value
+cache; a known prefix is first fed through that cache in chunks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from jukebox.transformer.transformer import Transformer
+from jukebox.utils.sample_utils import filter_logits, get_split_chunks
+
+__all__ = ["PositionEmbedding", "ConditionalAutoregressive2D"]
+
+
+def _normal(rows: int, width: int, std: float) -> torch.Tensor:
+    w = torch.empty(rows, width)
+    nn.init.normal_(w, std=std)
+    return w
+
+
+class PositionEmbedding(nn.Module):
+    """Learned position embedding ``(prod(input_shape), width)``.
+
+    With ``pos_init`` it is instead the sum of one table per axis of ``input_shape``.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], width: int, init_scale: float = 1.0,
+                 pos_init: bool = False) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.input_dims = int(np.prod(input_shape))
+        self.pos_init = pos_init
+        if pos_init:
+            axes = torch.meshgrid(*[torch.arange(n) for n in self.input_shape], indexing="ij")
+            self.register_buffer("pos", torch.stack([a.reshape(-1) for a in axes], dim=1))
+            self._pos_embs = nn.ModuleList()
+            for n in self.input_shape:
+                emb = nn.Embedding(n, width)
+                nn.init.normal_(emb.weight, std=0.02)
+                self._pos_embs.append(emb)
+        else:
+            self.pos_emb = nn.Parameter(_normal(self.input_dims, width, std=0.01 * init_scale))
+
+    def forward(self) -> torch.Tensor:
+        """-> ``(prod(input_shape), width)``."""
+        if self.pos_init:
+            return sum(emb(self.pos[:, i]) for i, emb in enumerate(self._pos_embs))
+        return self.pos_emb
+
+
+class ConditionalAutoregressive2D(nn.Module):
+    """Transformer prior over ``prod(input_shape)`` tokens of ``bins`` values.
+
+    x_cond: a conditioning ``(N, D, width)`` or ``(N, 1, width)`` added to the input (and, unless
+    ``merged_decoder``, to the output) of the transformer. y_cond: ``(N, 1, width)`` that takes
+    the place of the learned start token. encoder_dims / prime_len: lengths of the lyric
+    sequence of encoder-decoder attention (separate encoder) or prime attention (one merged
+    sequence). only_encode: return the activations, with no output layer.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], bins: int, width: int = 128, depth: int = 2, heads: int = 1,
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0, emb_dropout: float = 0.0, mask: bool = True,
+                 zero_out: bool = False, init_scale: float = 1.0, res_scale: bool = False, pos_init: bool = False,
+                 m_attn: float = 0.25, m_mlp: float = 1.0, checkpoint_res: int = 0, checkpoint_attn: int = 0,
+                 checkpoint_mlp: int = 0, attn_order: int = 0, blocks: int | None = None, spread: int | None = None,
+                 x_cond: bool = False, y_cond: bool = False, encoder_dims: int = 0, only_encode: bool = False,
+                 merged_decoder: bool = False, prime_len: int | None = None) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.input_dims = int(np.prod(input_shape))
+        self.encoder_dims = encoder_dims
+        self.bins = bins
+        self.width = width
+        self.depth = depth
+
+        self.x_emb = nn.Embedding(bins, width)
+        nn.init.normal_(self.x_emb.weight, std=0.02 * init_scale)
+        self.x_emb_dropout = nn.Dropout(emb_dropout)
+        self.y_cond = y_cond
+        self.x_cond = x_cond
+        if not y_cond:
+            self.start_token = nn.Parameter(_normal(1, width, std=0.01 * init_scale))
+
+        self.pos_emb = PositionEmbedding(self.input_shape, width, init_scale=init_scale, pos_init=pos_init)
+        self.pos_emb_dropout = nn.Dropout(emb_dropout)
+
+        self.transformer = Transformer(
+            n_in=width, n_ctx=self.input_dims, n_head=heads, n_depth=depth, attn_dropout=attn_dropout,
+            resid_dropout=resid_dropout, afn="quick_gelu", scale=True, mask=mask, zero_out=zero_out,
+            init_scale=init_scale, res_scale=res_scale, m_attn=m_attn, m_mlp=m_mlp,
+            checkpoint_attn=checkpoint_attn, checkpoint_mlp=checkpoint_mlp, checkpoint_res=checkpoint_res,
+            attn_order=attn_order, blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len)
+
+        self.only_encode = only_encode
+        self.prime_len = prime_len
+        # The merged (untied) decoder of the 5b models does not add x_cond after the transformer.
+        self.add_cond_after_transformer = not merged_decoder
+        self.share_x_emb_x_out = not merged_decoder
+        if not only_encode:
+            self.x_out = nn.Linear(width, bins, bias=False)
+            if self.share_x_emb_x_out:
+                self.x_out.weight = self.x_emb.weight
+
+    # ----------------------------------------------------------------------------------------- checks
+    def _check_tokens(self, x: torch.Tensor, what: str) -> None:
+        if x.dtype != torch.long:
+            raise TypeError(f"{what} must be int64 (long) token ids, got {x.dtype}")
+        if x.numel() and not ((0 <= x).all() and (x < self.bins).all()):
+            raise ValueError(f"{what} must lie in [0, {self.bins}), got values in "
+                             f"[{int(x.min())}, {int(x.max())}]")
+
+    def _check_conds(self, N: int, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None) -> torch.Tensor | None:
+        if self.y_cond:
+            if y_cond is None or tuple(y_cond.shape) != (N, 1, self.width):
+                got = None if y_cond is None else tuple(y_cond.shape)
+                raise ValueError(f"this model needs y_cond of shape {(N, 1, self.width)}, got {got}")
+        elif y_cond is not None:
+            raise ValueError("this model takes no y_cond (it has a learned start token)")
+        if self.x_cond:
+            shapes = ((N, self.input_dims, self.width), (N, 1, self.width))
+            if x_cond is None or tuple(x_cond.shape) not in shapes:
+                got = None if x_cond is None else tuple(x_cond.shape)
+                raise ValueError(f"this model needs x_cond of shape {shapes[0]} or {shapes[1]}, got {got}. "
+                                 "Did you pass the correct --sample_length?")
+        elif x_cond is not None:
+            raise ValueError("this model takes no x_cond")
+        return x_cond
+
+    def _start(self, N: int, y_cond: torch.Tensor | None) -> torch.Tensor:
+        """The input at position 0: ``(N, 1, width)``."""
+        if self.y_cond:
+            return y_cond.view(N, 1, self.width)
+        return self.start_token.view(1, 1, self.width).expand(N, 1, self.width)
+
+    # ---------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+                encoder_kv: torch.Tensor | None = None, fp16: bool = False, loss_full: bool = False,
+                encode: bool = False, get_preds: bool = False, get_acts: bool = False,
+                get_sep_loss: bool = False):
+        """x: tokens ``(N, *input_shape)``.
+
+        Returns the activations ``(N, D, width)`` when ``only_encode``; otherwise ``(loss, extra)``
+        where loss is the cross entropy in bits (a ``(prime_loss, gen_loss)`` pair with
+        ``get_sep_loss``) and extra is the logits ``(N, D, bins)`` (get_preds), the activations
+        (get_acts) or None.
+        """
+        N = x.shape[0]
+        x = x.reshape(N, -1).long()
+        self._check_tokens(x, "x")
+        x_cond = self._check_conds(N, x_cond, y_cond)
+
+        x_t = x
+        h = self.x_emb(x)
+        h = torch.cat([self._start(N, y_cond).to(h.dtype), h[:, :-1]], dim=1)
+        h = self.x_emb_dropout(h) + self.pos_emb_dropout(self.pos_emb())
+        if x_cond is not None:
+            h = h + x_cond
+        h = self.transformer(h, encoder_kv=encoder_kv, fp16=fp16)
+        if self.add_cond_after_transformer and x_cond is not None:
+            h = h + x_cond
+        acts = h
+        if self.only_encode:
+            return acts
+        logits = self.x_out(h)
+
+        if get_sep_loss:
+            if self.prime_len is None:
+                raise ValueError("get_sep_loss needs a model built with prime_len (single encoder-decoder)")
+            p = self.prime_len
+            prime_loss = F.cross_entropy(logits[:, :p].reshape(-1, self.bins), x_t[:, :p].reshape(-1)) / math.log(2.0)
+            gen_loss = F.cross_entropy(logits[:, p:].reshape(-1, self.bins), x_t[:, p:].reshape(-1)) / math.log(2.0)
+            loss = (prime_loss, gen_loss)
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, self.bins), x_t.reshape(-1)) / math.log(2.0)
+
+        if get_preds:
+            return loss, logits
+        if get_acts:
+            return loss, acts
+        return loss, None
+
+    # --------------------------------------------------------------------------------------- sampling
+    def _cond_at(self, x_cond: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+        """The conditioning of positions [start, end): ``(N, end - start, width)``, ``(N, 1, width)`` or None."""
+        if x_cond is None or x_cond.shape[1] == 1:
+            return x_cond
+        return x_cond[:, start:end]
+
+
+    def _cached_forward(self, h: torch.Tensor, cond: torch.Tensor | None, encoder_kv: torch.Tensor | None,
+                        fp16: bool) -> torch.Tensor:
+        """Run inputs ``(N, L, width)`` at the next L cache positions; -> output activations ``(N, L, width)``."""
+        h = self.transformer(h, encoder_kv=encoder_kv, sample=True, fp16=fp16)
+        if self.add_cond_after_transformer and cond is not None:
+            h = h + cond
+        return h
+
+    def _draw(self, logits: torch.Tensor, temp: float, top_k: int, top_p: float) -> torch.Tensor:
+        """One categorical draw per item from ``softmax(filter(logits / temp))``: ``(N, 1, bins) -> (N, 1)``."""
+        logits = filter_logits(logits / temp, top_k=top_k, top_p=top_p)
+        return torch.distributions.Categorical(logits=logits, validate_args=False).sample()
+
+    def _run(self, x: torch.Tensor, n_prime: int, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None,
+             encoder_kv: torch.Tensor | None, fp16: bool, chunk_size: int | None, get_preds: bool,
+             draw: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cached sampling loop over x ``(N, L)``, whose first n_prime tokens are known.
+
+        Those fill the cache in chunks; then each step takes one token: ``draw(logits)`` when draw is
+        given (and writes it into x), else the token already in x. Returns (x, logits ``(N, L, bins)`` or None).
+        """
+        if self.training:
+            raise RuntimeError("sampling needs the model in eval mode: call .eval() first")
+        if self.only_encode:
+            raise RuntimeError("an encoder-only model (only_encode=True) cannot sample")
+        N, L = x.shape
+        x_cond = self._check_conds(N, x_cond, y_cond)
+        preds = self.x_emb.weight.new_empty(N, L, self.bins) if get_preds else None
+        start = self._start(N, y_cond).to(self.x_emb.weight.dtype)
+        pos_emb = self.pos_emb()
+
+        def embed(h: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """Inputs ``(N, l, width)`` at positions [t, t + l) -> (plus position and conditioning, conditioning)."""
+            cond = self._cond_at(x_cond, t, t + h.shape[1])
+            h = h + pos_emb[t:t + h.shape[1]]
+            return (h, None) if cond is None else (h + cond, cond)
+
+        self.transformer.del_cache()
+        try:
+            # Position t sees the token at t - 1 (the start token at 0).
+            inputs = torch.cat([start, self.x_emb(x[:, :n_prime - 1])], dim=1) if n_prime else None
+            t = 0
+            for size in get_split_chunks(n_prime, chunk_size):
+                h = self._cached_forward(*embed(inputs[:, t:t + size], t), encoder_kv, fp16)
+                if get_preds:
+                    preds[:, t:t + size] = self.x_out(h)
+                t += size
+            self.transformer.check_cache(N, n_prime, fp16)
+
+            h = self.x_emb(x[:, n_prime - 1:n_prime]) if n_prime else start
+            for t in range(n_prime, L):
+                logits = self.x_out(self._cached_forward(*embed(h, t), encoder_kv, fp16))
+                if get_preds:
+                    preds[:, t:t + 1] = logits
+                if draw is not None:
+                    x[:, t:t + 1] = draw(logits)
+                h = self.x_emb(x[:, t:t + 1])
+        finally:
+            self.transformer.del_cache()
+        return x, preds
+
+    def _sample(self, n_samples: int, prime: torch.Tensor, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None,
+                encoder_kv: torch.Tensor | None, fp16: bool, temp: float, top_k: int, top_p: float, get_preds: bool,
+                chunk_size: int | None, sample_tokens: int | None):
+        N, D = n_samples, self.input_dims
+        sample_tokens = D if sample_tokens is None else int(sample_tokens)
+        if not 0 < sample_tokens <= D:
+            raise ValueError(f"sample_tokens must be in [1, {D}] (the context of this model), got {sample_tokens}")
+        n_prime = prime.shape[1]
+        if n_prime >= sample_tokens:
+            raise ValueError(f"the prefix has {n_prime} tokens, so sample_tokens must exceed it, got {sample_tokens}")
+        with torch.no_grad():
+            x = torch.zeros(N, sample_tokens, dtype=torch.long, device=prime.device)
+            x[:, :n_prime] = prime
+            x, preds = self._run(x, n_prime, x_cond, y_cond, encoder_kv, fp16, chunk_size, get_preds,
+                                 draw=lambda logits: self._draw(logits, temp, top_k, top_p))
+        x = x.view(N, *self.input_shape) if sample_tokens == D else x
+        return (x, preds) if get_preds else x
+
+    def cached_logits(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+                      encoder_kv: torch.Tensor | None = None, fp16: bool = False, n_prime: int = 0,
+                      chunk_size: int | None = None) -> torch.Tensor:
+        """Logits ``(N, L, bins)`` of given tokens x ``(N, L)`` computed along the sampling path.
+
+        The first n_prime tokens are primed in chunks of chunk_size, the rest are fed one step at a time,
+        exactly as :meth:`primed_sample` does with drawn tokens; so this checks the key/value cache
+        against :meth:`forward` without random draws.
+        """
+        x = x.reshape(x.shape[0], -1).long()
+        self._check_tokens(x, "x")
+        if not 0 <= n_prime < x.shape[1] <= self.input_dims:
+            raise ValueError(f"need 0 <= n_prime ({n_prime}) < L ({x.shape[1]}) <= {self.input_dims}")
+        with torch.no_grad():
+            return self._run(x.clone(), n_prime, x_cond, y_cond, encoder_kv, fp16, chunk_size, True, draw=None)[1]
+
+    def sample(self, n_samples: int, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+               encoder_kv: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
+               top_p: float = 0.0, get_preds: bool = False, sample_tokens: int | None = None):
+        """Ancestral sampling of ``sample_tokens`` (default: all D) tokens.
+
+        Returns tokens ``(N, *input_shape)`` (``(N, sample_tokens)`` when fewer), and with get_preds
+        also the logits before temperature/filtering at every step ``(N, sample_tokens, bins)``.
+        """
+        device = self.x_emb.weight.device
+        prime = torch.empty(n_samples, 0, dtype=torch.long, device=device)
+        return self._sample(n_samples, prime, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
+                            None, sample_tokens)
+
+    def primed_sample(self, n_samples: int, x: torch.Tensor, x_cond: torch.Tensor | None = None,
+                      y_cond: torch.Tensor | None = None, encoder_kv: torch.Tensor | None = None, fp16: bool = False,
+                      temp: float = 1.0, top_k: int = 0, top_p: float = 0.0, get_preds: bool = False,
+                      chunk_size: int | None = None, sample_tokens: int | None = None):
+        """Continue the prefix x ``(N, L)``: it fills the cache in chunks of ``chunk_size`` (None: one
+        pass), then tokens are drawn one at a time up to ``sample_tokens`` (default D).
+
+        Returns the tokens including the prefix, and with get_preds the logits of every position
+        ``(N, sample_tokens, bins)`` (those of the prefix positions come from the priming passes).
+        """
+        if x.shape[0] != n_samples:
+            raise ValueError(f"the prefix has {x.shape[0]} items but n_samples is {n_samples}")
+        x = x.reshape(n_samples, -1)
+        self._check_tokens(x, "prefix")
+        return self._sample(n_samples, x, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
+                            chunk_size, sample_tokens)

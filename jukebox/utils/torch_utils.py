@@ -1,0 +1,99 @@
+"""Small helpers on modules, parameters and gradients shared by training and model building."""
+from __future__ import annotations
+
+import gc
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "freeze_model", "unfreeze_model", "zero_grad", "count_parameters", "count_state", "empty_cache",
+    "grad_norm", "scale_grads", "float16_params_to_float32", "params_checksum",
+]
+
+
+def freeze_model(model: nn.Module) -> None:
+    """Put ``model`` in eval mode and stop gradients to all of its parameters."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_model(model: nn.Module) -> None:
+    """Put ``model`` in train mode and let gradients reach all of its parameters."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def zero_grad(model: nn.Module) -> None:
+    """Drop the gradients of ``model`` (set to None, which frees their memory)."""
+    for p in model.parameters():
+        p.grad = None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameter elements."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_state(model: nn.Module) -> int:
+    """Number of elements in ``model.state_dict()`` (parameters and buffers)."""
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def empty_cache() -> None:
+    """Collect garbage and release cached accelerator memory where there is some."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _grads(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> float:
+    """Global L2 norm of the gradients, accumulated in float32; inf/nan propagate."""
+    grads = _grads(params)
+    if not grads:
+        return 0.0
+    norms = torch._foreach_norm(grads) if len(grads) > 1 else [grads[0].norm()]
+    return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
+
+
+def scale_grads(params: Iterable[torch.Tensor], factor: float) -> None:
+    """Multiply every gradient by ``factor`` in place."""
+    grads = _grads(params)
+    if grads and factor != 1.0:
+        torch._foreach_mul_(grads, factor)
+
+
+def float16_params_to_float32(model: nn.Module) -> list[str]:
+    """Turn float16 parameters into float32 ones in place; returns their names.
+
+    Models built with ``fp16_params`` store the transformer weights in float16, as the released
+    checkpoints do. Optimisers and gradient scalers need float32 master weights, so training
+    converts them and casts them back to float16 when saving (see ``cast_state_dict``).
+    """
+    names = []
+    for name, p in model.named_parameters():
+        if p.dtype == torch.float16:
+            p.data = p.data.float()
+            names.append(name)
+    return names
+
+
+def params_checksum(model: nn.Module) -> torch.Tensor:
+    """Two float64 fingerprints of all parameters and buffers, ``(2,)``: sum and weighted sum.
+
+    Equal models give equal checksums bit for bit; used to check that data-parallel replicas agree.
+    """
+    total = torch.zeros(2, dtype=torch.float64)
+    for i, t in enumerate(model.state_dict().values()):
+        if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
+            flat = t.detach().double().flatten().cpu()
+            total[0] += flat.sum()
+            total[1] += (flat * (i + 1)).sum() + (flat * torch.arange(flat.numel(), dtype=torch.float64)).sum() * 1e-7
+    return total

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Headless Chromium for the viewer's browser test (tests/test_save_html.py) on Debian/Ubuntu.
+# Does nothing when Chromium is already installed; without apt-get or root rights it says so and
+# leaves the test to skip itself.
+set -euo pipefail
+
+if [ -x /usr/bin/chromium ]; then
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_chromium.sh: no apt-get; install Chromium yourself or the browser test is skipped" >&2
+    exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install_chromium.sh: not root and no sudo; the browser test is skipped" >&2
+        exit 0
+    fi
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y chromium chromium-driver

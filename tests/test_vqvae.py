@@ -1,0 +1,183 @@
+"""The VQ-VAE reproduces the original's encoder outputs, codes, reconstructions, losses and metrics."""
+import pytest
+import torch
+
+from conftest import load_fixture
+from jukebox.hparams import Hyperparams
+from jukebox.make_models import make_vqvae, restore_model
+from jukebox.utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
+
+AUDIO_ATOL = 1e-5
+LOSS_RTOL = 1e-5
+FIXTURES = ["vqvae_3level", "vqvae_2level_small"]
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def case(request):
+    fixture = load_fixture(request.param)
+    hps = Hyperparams(fixture["hps"])
+    vqvae = make_vqvae(hps, "cpu")
+    vqvae.load_state_dict(fixture["state_dict"])
+    return fixture, hps, vqvae
+
+
+def _close(actual, expected):
+    """atol 1e-5 for O(1) values (reference/README.md section 8), scaled by max|expected| when larger:
+    encoder outputs reach ~10, where float32 convolutions on another CPU differ by ~1.2e-5."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    atol = AUDIO_ATOL * max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
+def test_structure_and_state_dict_names(case):
+    fixture, hps, vqvae = case
+    state = vqvae.state_dict()
+    assert list(state) == list(fixture["state_dict"])
+    assert all(state[k].shape == v.shape for k, v in fixture["state_dict"].items())
+    assert vqvae.levels == hps.levels
+    assert vqvae.sample_length == hps.sample_length
+    assert vqvae.z_shapes == [(hps.sample_length // hop,) for hop in vqvae.hop_lengths]
+    assert not vqvae.training
+
+
+def test_encoder_outputs(case):
+    fixture, _, vqvae = case
+    x = fixture["inputs"]["x"]
+    with torch.no_grad():
+        for level, expected in enumerate(fixture["outputs"]["encoder_out"]):
+            _close(vqvae.encoders[level](x.permute(0, 2, 1))[-1], expected)
+
+
+def test_encode_codes_exact(case):
+    fixture, _, vqvae = case
+    x, out = fixture["inputs"]["x"], fixture["outputs"]
+    with torch.no_grad():
+        zs = vqvae.encode(x)
+        zs_chunked = vqvae.encode(x, bs_chunks=x.shape[0])
+        zs_upper = vqvae.encode(x, start_level=1)
+    for got, chunked, expected, expected_chunked in zip(zs, zs_chunked, out["zs"], out["zs_bs_chunks"]):
+        assert got.dtype == torch.int64
+        assert torch.equal(got, expected)
+        assert torch.equal(chunked, expected_chunked)
+    assert len(zs_upper) == vqvae.levels - 1
+    assert all(torch.equal(a, b) for a, b in zip(zs_upper, out["zs"][1:]))
+
+
+def test_decode_every_start_level(case):
+    fixture, _, vqvae = case
+    zs = fixture["outputs"]["zs"]
+    with torch.no_grad():
+        for level, expected in enumerate(fixture["outputs"]["x_ds"]):
+            _close(vqvae.decode(zs[level:], start_level=level), expected)
+            _close(vqvae.decode(zs[level:], start_level=level, bs_chunks=2), expected)
+
+
+def test_bottleneck_outputs_without_update(case):
+    fixture, _, vqvae = case
+    out = fixture["outputs"]
+    codebooks = [block.k.clone() for block in vqvae.bottleneck.level_blocks]
+    xs_quantised = vqvae.bottleneck.decode(out["zs"])
+    with torch.no_grad():
+        for level, block in enumerate(vqvae.bottleneck.level_blocks):
+            _close(xs_quantised[level], out["xs_quantised"][level])
+            z, x_q, commit_loss, metrics = block(out["encoder_out"][level], update_k=False)
+            assert torch.equal(z, out["zs"][level])
+            _close(x_q, out["xs_quantised"][level])
+            torch.testing.assert_close(commit_loss, out["commit_losses"][level], rtol=LOSS_RTOL, atol=0)
+            torch.testing.assert_close(metrics["fit"], out["bottleneck_fit"][level], rtol=LOSS_RTOL, atol=0)
+            torch.testing.assert_close(metrics["pn"], out["bottleneck_prenorm"][level], rtol=LOSS_RTOL, atol=0)
+            assert set(metrics) == {"fit", "pn"}
+    assert all(torch.equal(block.k, k) for block, k in zip(vqvae.bottleneck.level_blocks, codebooks))
+
+
+def test_forward_loss_and_metrics(case):
+    fixture, hps, vqvae = case
+    expected = fixture["outputs"]["forward"]
+    codebooks = [block.k.clone() for block in vqvae.bottleneck.level_blocks]
+    with torch.no_grad():
+        x_out, loss, metrics = vqvae(fixture["inputs"]["x"], hps, loss_fn=hps.loss_fn)
+    _close(x_out, expected["x_out"])
+    torch.testing.assert_close(loss, expected["loss"], rtol=LOSS_RTOL, atol=0)
+    assert list(metrics) == list(expected["metrics"])
+    for name, value in expected["metrics"].items():
+        torch.testing.assert_close(metrics[name], value, rtol=LOSS_RTOL, atol=0, msg=name)
+    # Eval mode: the codebooks stay as loaded.
+    assert all(torch.equal(block.k, k) for block, k in zip(vqvae.bottleneck.level_blocks, codebooks))
+
+
+def test_forward_training_mode_reports_quantiser_metrics():
+    fixture = load_fixture("vqvae_2level_small")
+    hps = Hyperparams(fixture["hps"])
+    vqvae = make_vqvae(hps, "cpu")
+    vqvae.load_state_dict(fixture["state_dict"])
+    vqvae.train()
+    vqvae.requires_grad_(True)
+    for block in vqvae.bottleneck.level_blocks:
+        block.restore_k(num_tokens=1000, threshold=1.0)
+    x_out, loss, metrics = vqvae(fixture["inputs"]["x"], hps, loss_fn=hps.loss_fn)
+    assert {"fit", "pn", "entropy", "used_curr", "usage", "dk"} <= set(metrics)
+    loss.backward()
+    assert vqvae.encoders[0].level_blocks[0].model[0][0].weight.grad is not None
+    assert not any(v.requires_grad for v in metrics.values())
+
+
+def test_bad_inputs_raise_clear_errors(case):
+    fixture, hps, vqvae = case
+    x = fixture["inputs"]["x"]
+    with pytest.raises(ValueError, match=r"\(N, T, 1\)"):
+        vqvae.encode(x[..., 0])
+    with pytest.raises(ValueError, match="multiple of the top hop length"):
+        vqvae(x[:, :-1], hps, loss_fn=hps.loss_fn)
+    with pytest.raises(ValueError, match="one per level"):
+        vqvae.decode(fixture["outputs"]["zs"][1:])
+    with pytest.raises(ValueError, match="unknown loss_fn"):
+        vqvae(x, hps, loss_fn="l3")
+
+
+def test_restore_from_ddp_checkpoint(tmp_path):
+    fixture = load_fixture("vqvae_2level_small")
+    path = tmp_path / "run" / "checkpoint_latest.pth.tar"
+    hps = Hyperparams(fixture["hps"])
+    save_checkpoint(path, dict(hps=hps, model={f"module.{k}": v for k, v in fixture["state_dict"].items()}, step=7))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    vqvae = make_vqvae(Hyperparams(hps, restore_vqvae=str(path)), "cpu")
+    assert vqvae.step == 7 and not vqvae.training
+    with torch.no_grad():
+        zs = vqvae.encode(fixture["inputs"]["x"])
+    assert all(torch.equal(a, b) for a, b in zip(zs, fixture["outputs"]["zs"]))
+
+    trained = make_vqvae(Hyperparams(hps, restore_vqvae=str(path), train=True, bs=2), "cpu")
+    assert trained.training
+    for level, block in enumerate(trained.bottleneck.level_blocks):
+        expected_usage = (hps.sample_length // trained.hop_lengths[level]) * 2 / hps.l_bins
+        torch.testing.assert_close(block.k_elem, torch.full((hps.l_bins,), expected_usage))
+        torch.testing.assert_close(block.k_sum, block.k * expected_usage)
+        assert block.threshold == hps.revival_threshold
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pth.tar")
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a"):
+        load_checkpoint(junk)
+    unsafe = tmp_path / "unsafe.pth.tar"
+    torch.save({"model": {}, "evil": CheckpointError("x")}, unsafe)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_checkpoint(unsafe)
+
+    fixture = load_fixture("vqvae_2level_small")
+    vqvae = make_vqvae(Hyperparams(fixture["hps"]), "cpu")
+    state = dict(fixture["state_dict"])
+    state.pop("decoders.0.out.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["bottleneck.level_blocks.0.k"] = torch.zeros(3, 16)
+    with pytest.raises(CheckpointError) as error:
+        load_state_dict_checked(vqvae, state)
+    message = str(error.value)
+    assert "missing keys: decoders.0.out.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "bottleneck.level_blocks.0.k (checkpoint (3, 16), model (32, 16))" in message
+    restore_model(Hyperparams(), vqvae, "")
+    assert vqvae.step == 0
