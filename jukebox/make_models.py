@@ -12,6 +12,7 @@ import torch.nn as nn
 from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
 from jukebox.utils.dist_utils import print_once
+from jukebox.utils.remote import resolve_path
 from jukebox.utils.transformers_format import (from_transformers_state_dict, is_transformers_state_dict,
                                                 load_transformers_state_dict)
 from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
@@ -36,19 +37,13 @@ def round_sample_length(sample_length_in_seconds: float, sr: int, strides_t: Seq
 
 
 def resolve_checkpoint_path(path: str) -> str:
-    """A local path for ``path``; ``http(s)://`` URLs are downloaded (once) by ``jukebox.utils.remote``."""
-    if not path.startswith(("http://", "https://")):
-        return path
-    try:
-        from jukebox.utils.remote import resolve_path
-    except ImportError as e:
-        raise ValueError(f"cannot download {path!r}: jukebox.utils.remote is not available ({e}). "
-                         "Download the file yourself and pass its local path instead.") from None
+    """A local path for ``path``; an ``http(s)://`` URL is downloaded once into the cache (jukebox.utils.remote)."""
     return resolve_path(path)
 
 
 def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str) -> None:
-    """Load ``checkpoint_path`` (local path or URL; '' = nothing to load) into ``model``.
+    """Load ``checkpoint_path`` into ``model``: a local path, or an ``http(s)://`` URL downloaded once
+    into the cache by ``jukebox.utils.remote``; '' loads nothing.
 
     Sets ``model.step`` to the checkpoint's step (0 without one).
     """
@@ -134,7 +129,7 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
         dilation_cycle=hps.cond_dilation_cycle, zero_out=hps.cond_zero_out, res_scale=hps.cond_res_scale,
         checkpoint_res=hps.cond_c_res)
     y_cond_kwargs = dict(
-        out_width=hps.prior_width, init_scale=hps.init_scale, y_bins=tuple(hps.y_bins), t_bins=hps.t_bins,
+        out_width=hps.prior_width, init_scale=hps.init_scale, y_bins=hps.y_bins, t_bins=hps.t_bins,
         sr=hps.sr, min_duration=hps.min_duration, max_duration=hps.max_duration,
         max_bow_genre_size=hps.max_bow_genre_size)
     prime_kwargs = dict(use_tokens=hps.use_tokens, prime_loss_fraction=hps.prime_loss_fraction,

@@ -269,7 +269,7 @@ def _rank_main(rank: int, init_file: str, data: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         results = []
-        for _ in range(2):  # the second pass reads the duration and bandwidth caches
+        for _ in range(2):  # the second pass takes the cache-hit paths (no scan, bandwidth broadcast)
             hps = make_hps(data, bs=2, prior=False)
             dp = DataProcessor(hps)
             results.append(dict(train=list(dp.train_sampler), bandwidth=hps.bandwidth))
@@ -286,8 +286,6 @@ def test_two_ranks_share_caches_and_split_data(tmp_path):
         copy_clip(data, name)
     torch.multiprocessing.spawn(_rank_main, args=(str(tmp_path / "init"), str(data), str(tmp_path)), nprocs=2)
     ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in (0, 1)]
-    for first, second in ranks:
-        assert not set(first["train"]) & set(second["train"]) or True
     for run in (0, 1):
         a, b = ranks[0][run], ranks[1][run]
         assert not set(a["train"]) & set(b["train"]) and len(a["train"]) == len(b["train"]) == 7

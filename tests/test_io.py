@@ -129,3 +129,10 @@ def test_save_wav_roundtrip_and_items(tmp_path):
     assert sorted(os.listdir(tmp_path / "level_0")) == ["item_0.wav", "item_1.wav", "item_2.wav"]  # no temp files
     with pytest.raises(ValueError, match=r"\(T, C\) or \(N, T, C\)"):
         save_wav(tmp_path / "b.wav", np.zeros(10), 16000)
+
+
+def test_seek_landing_after_target_falls_back_to_full_decode(monkeypatch):
+    path = str(FORMATS / "through_space_stereo_44100.mp3")
+    full = _read_av(path, 0, None)
+    monkeypatch.setattr("jukebox.utils.io._PREROLL_SEC", -1.0)  # seek 1 s past the target on purpose
+    np.testing.assert_array_equal(_read_av(path, 50000, 3000), full[:, 50000:53000])

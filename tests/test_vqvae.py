@@ -1,11 +1,16 @@
 """The VQ-VAE reproduces the original's encoder outputs, codes, reconstructions, losses and metrics."""
+import json
+import math
+
 import pytest
 import torch
 
-from conftest import load_fixture
+from conftest import MANIFESTS, load_fixture
 from jukebox.hparams import Hyperparams
 from jukebox.make_models import make_vqvae, restore_model
 from jukebox.utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
+from jukebox.vqvae.encdec import DecoderConvBock
+from jukebox.vqvae.resnet import Resnet1D
 
 AUDIO_ATOL = 1e-5
 LOSS_RTOL = 1e-5
@@ -181,3 +186,33 @@ def test_checkpoint_errors(tmp_path):
     assert "bottleneck.level_blocks.0.k (checkpoint (3, 16), model (32, 16))" in message
     restore_model(Hyperparams(), vqvae, "")
     assert vqvae.step == 0
+
+
+def test_checkpointed_resnet_layout_matches_upsampler_conditioner():
+    """cond_c_res=1 keeps the residual blocks in `blocks` (the upsampler manifest's names)."""
+    manifest = json.loads((MANIFESTS / "upsampler_level_0.json").read_text())
+    prefix = "conditioner_blocks.0.cond."
+    expected = [[k[len(prefix):], shape, dtype] for k, shape, dtype in manifest["params"] if k.startswith(prefix)]
+    with torch.device("meta"):
+        cond = DecoderConvBock(1920, 1920, 2, 2, width=1024, depth=16, m_conv=1.0, dilation_growth_rate=3,
+                               dilation_cycle=8, zero_out=False, res_scale=False, checkpoint_res=1)
+    got = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in cond.state_dict().items()]
+    assert got == expected
+    dilations = [block.model[1].dilation[0] for block in cond.model[1][0].blocks]
+    assert dilations == [3 ** (d % 8) for d in range(16)]
+
+
+def test_checkpointed_resnet_computes_the_same():
+    torch.manual_seed(0)
+    plain = Resnet1D(8, 3, dilation_growth_rate=3, res_scale=True, reverse_dilation=True)
+    checkpointed = Resnet1D(8, 3, dilation_growth_rate=3, res_scale=True, reverse_dilation=True, checkpoint_res=True)
+    checkpointed.load_state_dict({k.replace("model.", "blocks.", 1): v for k, v in plain.state_dict().items()})
+    assert [b.model[1].dilation[0] for b in plain.model] == [9, 3, 1]
+    assert plain.model[0].res_scale == pytest.approx(1 / math.sqrt(3))
+    x = torch.randn(2, 8, 50)
+    for module in (plain, checkpointed):
+        module.train()
+        module(x).square().sum().backward()
+    torch.testing.assert_close(checkpointed(x), plain(x))
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)

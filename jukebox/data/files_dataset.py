@@ -120,16 +120,16 @@ class FilesAudioDataset(Dataset):
         self._labeller_args = (hps.get("max_bow_genre_size"), hps.get("n_tokens", 0), bool(hps.get("labels_v3")))
         self._labeller = None
         self._metadata_table: dict | None = None
-        self.root = Path(hps["audio_files_dir"] or "")
-        self.init_dataset(bool(hps["audio_files_dir"]))
+        self.root = Path(hps["audio_files_dir"]) if hps["audio_files_dir"] else None
+        self.init_dataset()
 
     # ---------------------------------------------------------------------------------------
     # Finding and measuring files
     # ---------------------------------------------------------------------------------------
-    def init_dataset(self, given: bool = True) -> None:
+    def init_dataset(self) -> None:
         accepted = ", ".join(f".{e}" for e in AUDIO_EXTENSIONS)
-        if not given or not self.root.is_dir():
-            shown = str(self.root) if given else ""
+        if self.root is None or not self.root.is_dir():
+            shown = "" if self.root is None else str(self.root)
             raise FileNotFoundError(f"audio_files_dir {shown!r} is not a folder; pass --audio_files_dir=DIR "
                                     f"with audio files ({accepted}) in it or in its subfolders")
         files = find_audio_files(self.root)
@@ -152,9 +152,10 @@ class FilesAudioDataset(Dataset):
         old = cached.get("files", {}) if cached.get("version") == _CACHE_VERSION else {}
         entries, changed = {}, False
         stats = {path: path.stat() for path in files}
-        stale = [p for p, st in stats.items() if self._is_stale(old.get(p.relative_to(self.root).as_posix()), st)]
+        stale = {p for p, st in stats.items() if self._is_stale(old.get(p.relative_to(self.root).as_posix()), st)}
         if stale:
-            print_once(f"measuring {len(stale)} audio files under {self.root} (once; cached in {cache_file})")
+            print_once(f"measuring {len(stale)} new or changed audio file(s) under {self.root} "
+                       f"(once; cached in {cache_file})")
         for path, st in stats.items():
             rel = path.relative_to(self.root).as_posix()
             entry = old.get(rel)
@@ -227,7 +228,7 @@ class FilesAudioDataset(Dataset):
                              f"{self.max_duration} s; see the warnings above")
         self.files, self.durations = kept, durations
         self.cumsum = np.cumsum(np.asarray(durations, dtype=np.int64))
-        print_once(f"{len(kept)} audio files ({self.cumsum[-1] / self.sr / 60:.1f} min) under {self.root}, "
+        print_once(f"{len(kept)} audio file(s) ({self.cumsum[-1] / self.sr / 60:.1f} min) under {self.root}, "
                    f"{len(self)} chunks of {self.sample_length} samples; left out {len(skipped)} unusable and "
                    f"{out_of_bounds} outside the duration bounds")
 

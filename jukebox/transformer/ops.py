@@ -40,10 +40,12 @@ class Conv1D(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm that always normalises in float32 and returns the input's dtype."""
+    """LayerNorm that normalises half-precision inputs in float32 and returns the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).type_as(x)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).type_as(x)
+        return super().forward(x)
 
 
 class _QuickGelu(torch.autograd.Function):

@@ -114,19 +114,20 @@ def _av_frames_from(file: str, start: int) -> Iterator[tuple[int, np.ndarray]]:
         time_base = stream.time_base or Fraction(1, sr)
         origin = stream.start_time or 0
         seek_sec = max(0.0, start / sr - _PREROLL_SEC)
-        while True:
-            if seek_sec > 0:
-                container.seek(origin + int(seek_sec / time_base), stream=stream, backward=True)
-            frames = container.decode(stream)
-            first = next(frames, None)
-            if first is None:
-                return
-            pos = 0 if seek_sec == 0 or first.pts is None else round((first.pts - origin) * time_base * sr)
-            if pos <= start:
-                break
-            # The demuxer landed after the target (inexact index): seek further back.
-            seek_sec = 0.0 if seek_sec < 4.0 else seek_sec - 2.0
-        frame = first
+        if seek_sec > 0:
+            container.seek(origin + int(seek_sec / time_base), stream=stream, backward=True)
+        frames = container.decode(stream)
+        frame, pos = next(frames, None), 0
+        if seek_sec > 0 and frame is not None:
+            landed = None if frame.pts is None else round((frame.pts - origin) * time_base * sr)
+            if landed is None or landed > start:
+                # No timestamp, or an inexact index put us after the target: decode from the start.
+                container.close()
+                container, stream = _open_av(file)
+                frames = container.decode(stream)
+                frame = next(frames, None)
+            else:
+                pos = landed
         while frame is not None:
             data = _frame_to_float(frame, channels)
             yield pos, data
