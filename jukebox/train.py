@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: `python jukebox/train.py`
     except ImportError:
         sys.path.insert(0, os.path.dirname(_HERE))
 
+import inspect
 import math
 import shutil
 import signal
@@ -61,7 +62,7 @@ from jukebox.utils.logger import Logger, Metrics, init_logging
 from jukebox.utils.torch_utils import (count_parameters, float16_params_to_float32, grad_norm,
                                        params_checksum, scale_grads, zero_grad)
 
-__all__ = ["lr_multiplier", "make_optimizer", "make_ema", "plain_hps", "Trainer", "main", "run"]
+__all__ = ["lr_multiplier", "make_optimizer", "make_ema", "make_ddp", "plain_hps", "Trainer", "main", "run"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +110,21 @@ def make_ema(model: nn.Module, hps: Mapping[str, Any]) -> EMA | None:
     if hps["cpu_ema"]:
         return EMA(model.named_parameters(), mu, freq=hps["cpu_ema_freq"], device="cpu")
     return EMA(model.named_parameters(), mu)
+
+
+def make_ddp(model: nn.Module, hps: Mapping[str, Any]) -> DistributedDataParallel:
+    """Data-parallel wrapper. Buffers are not re-broadcast every forward (the VQ-VAE synchronises its
+    codebooks itself); priors may leave parameters unused (e.g. the lyric encoder on some steps)."""
+    kwargs = dict(bucket_cap_mb=hps["bucket"], find_unused_parameters=bool(hps["prior"]),
+                  gradient_as_bucket_view=True)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        kwargs["forward_sync_buffers"] = False  # newer torch: broadcast_buffers is deprecated
+    else:
+        kwargs["broadcast_buffers"] = False
+    # Convolution weights with a size-1 axis get gradients with other (equally valid) strides than
+    # the bucket views; DDP's one-time performance note about that is noise here.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(model, **kwargs)
 
 
 _DROP = object()  # marks hparam values that are not plain data
@@ -178,8 +194,7 @@ class Trainer:
         if hps.train:
             self.opt, self.shd, self.scaler = make_optimizer(self.model, hps, self.amp)
             if get_world_size() > 1:
-                self.ddp = DistributedDataParallel(self.model, broadcast_buffers=False, bucket_cap_mb=hps.bucket,
-                                                   find_unused_parameters=bool(hps.prior))
+                self.ddp = make_ddp(self.model, hps)
             self.ema = make_ema(self.model, hps)
         if checkpoint is not None:
             self._restore(checkpoint)

@@ -17,7 +17,8 @@ def _rows(x_nct):
 
 
 def _is_row_of(vectors, rows):
-    return (torch.cdist(vectors, rows).min(dim=1).values == 0).all()
+    distance = torch.cdist(vectors, rows, compute_mode="donot_use_mm_for_euclid_dist")
+    return (distance.min(dim=1).values == 0).all()
 
 
 def test_first_training_batch_initialises_codebook_from_encoder_outputs():
@@ -40,12 +41,25 @@ def test_first_training_batch_initialises_codebook_from_encoder_outputs():
     # forward() in training initialises on its first call only.
     fresh = BottleneckBlock(k_bins=16, emb_width=4, mu=0.99)
     assert not fresh.init and (fresh.k == 0).all()
+    fresh.eval()
+    fresh(x, update_k=False)  # no training step, no initialisation
+    assert not fresh.init
+    fresh.train()
+    seeded = {}
+
+    def spy(rows):
+        BottleneckBlock.init_k(fresh, rows)
+        seeded["k"] = fresh.k.clone()
+
+    fresh.init_k = spy
     fresh(x, update_k=True)
-    assert fresh.init
-    k_after_first = fresh.k.clone()
+    assert fresh.init and _is_row_of(seeded["k"], _rows(x))
+    # Each seed is its own nearest code, so every code was used once or more in that first step.
+    counts = torch.bincount(torch.cdist(_rows(x), seeded["k"]).argmin(dim=1), minlength=16).float()
+    assert (counts >= 1).all()
+    torch.testing.assert_close(fresh.k_elem, 0.99 + 0.01 * counts)
+    fresh.init_k = lambda rows: pytest.fail("the codebook was initialised twice")
     fresh(x, update_k=True)
-    assert fresh.init and not torch.equal(fresh.k, torch.zeros_like(fresh.k))
-    assert k_after_first.shape == fresh.k.shape
 
 
 def test_ema_update_follows_formula():
@@ -157,6 +171,18 @@ def test_no_bottleneck_passes_latents_through():
     assert all(a is b for a, b in zip(zs, xs)) and all(a is b for a, b in zip(xs_q, xs))
     assert all(c == 0 for c in commit_losses) and set(metrics[0]) == {"entropy", "usage", "used_curr", "pn", "dk"}
     assert none.encode(xs) == xs and none.decode(xs) == xs
+
+
+def test_quantisation_is_float32_under_autocast():
+    torch.manual_seed(5)
+    block = BottleneckBlock(k_bins=256, emb_width=64, mu=0.99)
+    block.k.copy_(torch.randn(256, 64))
+    x = torch.randn(4, 64, 100)
+    codes = block.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(block.encode(x), codes)
+        z, x_q, _, _ = block(x, update_k=False)
+    assert torch.equal(z, codes) and x_q.dtype == torch.float32
 
 
 def test_bad_latent_shape_is_rejected():

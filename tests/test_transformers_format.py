@@ -104,13 +104,14 @@ def test_detects_transformers_naming(models, hf_file):
     assert not is_transformers_state_dict(vqvae.state_dict())
 
 
+@pytest.mark.slow
 def test_round_trip_restores_identical_models(models, hf_file):
     vq, vqvae, fixtures, priors = models
     path, _ = hf_file
     vq_hps = Hyperparams(vq["hps"])
     vq_hps.restore_vqvae = str(path)
     restored_vqvae = make_vqvae(vq_hps, "cpu")
-    x = vq["inputs"]["x"]
+    x = vq["inputs"]["x"][:1, :2048]
     zs = restored_vqvae.encode(x)
     assert all(torch.equal(a, b) for a, b in zip(zs, vqvae.encode(x)))
     assert torch.equal(restored_vqvae.decode(zs), vqvae.decode(zs))
@@ -122,12 +123,11 @@ def test_round_trip_restores_identical_models(models, hf_file):
         restored_state = restored.state_dict()
         for key, value in prior.state_dict().items():
             assert torch.equal(restored_state[key], value), key
-        out = fx["outputs"]
-        args = (out["z"], out["z_conds"], fx["inputs"]["y"])
-        loss, _ = restored.z_forward(*args)
-        expected, _ = prior.z_forward(*args)
-        assert torch.equal(loss, expected)
-        torch.testing.assert_close(loss, out["loss"], atol=0, rtol=1e-5)
+    # outputs of the prior with the most renamed parts (labels, lyrics encoder, enc-dec attention)
+    out = fixtures[-1]["outputs"]
+    loss, metrics = restored.z_forward(out["z"], out["z_conds"], fixtures[-1]["inputs"]["y"], get_preds=True)
+    torch.testing.assert_close(loss, out["loss"], atol=0, rtol=1e-5)
+    torch.testing.assert_close(metrics["preds"], out["logits"], atol=1e-4, rtol=0)
 
 
 def test_lazy_prior_loads_transformers_checkpoint(models, hf_file):

@@ -60,12 +60,14 @@ def test_encode_codes_exact(case):
         zs = vqvae.encode(x)
         zs_chunked = vqvae.encode(x, bs_chunks=x.shape[0])
         zs_upper = vqvae.encode(x, start_level=1)
+        zs_lowest = vqvae.encode(x, end_level=1)
     for got, chunked, expected, expected_chunked in zip(zs, zs_chunked, out["zs"], out["zs_bs_chunks"]):
         assert got.dtype == torch.int64
         assert torch.equal(got, expected)
         assert torch.equal(chunked, expected_chunked)
     assert len(zs_upper) == vqvae.levels - 1
     assert all(torch.equal(a, b) for a, b in zip(zs_upper, out["zs"][1:]))
+    assert len(zs_lowest) == 1 and torch.equal(zs_lowest[0], out["zs"][0])
 
 
 def test_decode_every_start_level(case):

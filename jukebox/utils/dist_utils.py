@@ -85,8 +85,9 @@ def setup_dist_from_mpi(port: int = 29500, backend: str | None = None,
         _abort_mpi_on_exception(comm)
         if world_size == 1:
             return 0, 0, _pick_device(0)
+        all_local = _all_local(comm)  # a collective: every rank must call it
         if rank == 0:
-            host = "127.0.0.1" if _all_local(comm) else socket.gethostbyname(socket.gethostname())
+            host = "127.0.0.1" if all_local else socket.gethostbyname(socket.gethostname())
             chosen = port if port and _port_is_free(port) else _free_port()
             address = (host, chosen)
         else:

@@ -75,7 +75,8 @@ class BottleneckBlock(nn.Module):
         onehot = torch.zeros(k_bins, x.shape[0], device=x.device, dtype=x.dtype)
         onehot.scatter_(0, x_l.view(1, -1), 1)
         k_rand = self._random_codes(x)
-        batch_sum = allreduce(onehot @ x)  # (k_bins, emb_width)
+        with torch.autocast(x.device.type, enabled=False):  # codebook sums stay in float32
+            batch_sum = allreduce(onehot @ x)  # (k_bins, emb_width)
         batch_elem = allreduce(onehot.sum(dim=-1))  # (k_bins,)
 
         old_k = self.k.clone()
@@ -93,18 +94,19 @@ class BottleneckBlock(nn.Module):
         )
 
     def preprocess(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, emb_width, T) -> (N*T, emb_width)`` and the pre-norm ``||x - mean(x)|| / sqrt(numel)``."""
+        """``(N, emb_width, T) -> (N*T, emb_width)`` float32 and the pre-norm ``||x - mean(x)|| / sqrt(numel)``."""
         if x.dim() != 3 or x.shape[1] != self.emb_width:
             raise ValueError(f"bottleneck expects latents of shape (N, {self.emb_width}, T), got {tuple(x.shape)}")
-        x = x.permute(0, 2, 1).reshape(-1, self.emb_width)
+        x = x.permute(0, 2, 1).reshape(-1, self.emb_width).float()
         prenorm = torch.norm(x - torch.mean(x)) / math.sqrt(x.numel())
         return x, prenorm
 
     def quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest code of each row of ``x`` ``(M, emb_width)``: codes ``(M,)`` and the mean squared distance."""
         k_w = self.k.t()
-        distance = (torch.sum(x ** 2, dim=-1, keepdim=True) - 2 * torch.matmul(x, k_w)
-                    + torch.sum(k_w ** 2, dim=0, keepdim=True))  # (M, k_bins)
+        with torch.autocast(x.device.type, enabled=False):  # code choices need float32 distances
+            distance = (torch.sum(x ** 2, dim=-1, keepdim=True) - 2 * torch.matmul(x, k_w)
+                        + torch.sum(k_w ** 2, dim=0, keepdim=True))  # (M, k_bins)
         min_distance, x_l = torch.min(distance, dim=-1)
         return x_l, torch.mean(min_distance)
 
@@ -152,8 +154,9 @@ class Bottleneck(nn.Module):
         self.levels = levels
         self.level_blocks = nn.ModuleList(BottleneckBlock(l_bins, emb_width, mu) for _ in range(levels))
 
-    def encode(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [block.encode(x) for block, x in zip(self.level_blocks, xs)]
+    def encode(self, xs: Sequence[torch.Tensor], start_level: int = 0) -> list[torch.Tensor]:
+        """Latents of levels ``start_level, start_level + 1, ...`` -> their codes."""
+        return [block.encode(x) for block, x in zip(self.level_blocks[start_level:], xs)]
 
     def decode(self, zs: Sequence[torch.Tensor], start_level: int = 0, end_level: int | None = None
                ) -> list[torch.Tensor]:
@@ -191,7 +194,7 @@ class NoBottleneck(nn.Module):
         self.levels = levels
         self.level_blocks = nn.ModuleList(NoBottleneckBlock() for _ in range(levels))
 
-    def encode(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def encode(self, xs: Sequence[torch.Tensor], start_level: int = 0) -> list[torch.Tensor]:
         return list(xs)
 
     def decode(self, zs: Sequence[torch.Tensor], start_level: int = 0, end_level: int | None = None

@@ -92,13 +92,15 @@ class VQVAE(nn.Module):
             raise ValueError(f"need 0 <= start_level < end_level <= {self.levels}, got {start_level}, {end_level}")
         return end_level
 
-    def _encoder_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Audio ``(N, T, C)`` -> each level's encoder output ``(N, emb_width, T // hop_l)``."""
+    def _encoder_outputs(self, x: torch.Tensor, start_level: int = 0, end_level: int | None = None
+                         ) -> list[torch.Tensor]:
+        """Audio ``(N, T, C)`` -> the encoder output ``(N, emb_width, T // hop_l)`` of each level asked for."""
         x_in = x.permute(0, 2, 1).float()
-        return [encoder(x_in)[-1] for encoder in self.encoders]
+        return [encoder(x_in)[-1] for encoder in self.encoders[start_level:end_level]]
 
     def _encode(self, x: torch.Tensor, start_level: int, end_level: int) -> list[torch.Tensor]:
-        return self.bottleneck.encode(self._encoder_outputs(x))[start_level:end_level]
+        xs = self._encoder_outputs(x, start_level, end_level)
+        return self.bottleneck.encode(xs, start_level=start_level)
 
     def encode(self, x: torch.Tensor, start_level: int = 0, end_level: int | None = None,
                bs_chunks: int = 1) -> list[torch.Tensor]:
@@ -144,6 +146,9 @@ class VQVAE(nn.Module):
         ``lmix_*``, ``use_nonrelative_specloss`` and ``multispec_loss_*``.
         """
         self._check_audio(x)
+        if "bandwidth" not in hps:
+            raise ValueError("hps.bandwidth is not set: compute the loss normalisers with "
+                             "jukebox.utils.audio_utils.calculate_bandwidth(dataset, hps) and store them in hps")
         if x.shape[1] % self.hop_lengths[-1]:
             raise ValueError(f"VQVAE.forward needs a length that is a multiple of the top hop length "
                              f"{self.hop_lengths[-1]}, got T={x.shape[1]}")

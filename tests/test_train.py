@@ -1,0 +1,206 @@
+"""End-to-end runs of ``jukebox/train.py`` as users launch it: under ``mpiexec -n 2`` and as plain
+``python``, on the shared music clips with a scaled-down ``small_vqvae``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DATA, REPO
+
+PYTHON = sys.executable
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+TRAIN = str(REPO / "jukebox" / "train.py")
+
+# small_vqvae scaled down on the command line; lr warm-up short enough for a few dozen steps.
+TINY_VQVAE = ["--hps=small_vqvae", "--sample_length=8192", "--bs=2", f"--audio_files_dir={DATA / 'music'}",
+              "--labels=False", "--train", "--aug_shift", "--aug_blend", "--width=16", "--depth=2",
+              "--emb_width=16", "--l_bins=64", "--lr=1e-3", "--lr_warmup=2", "--log_steps=1", "--nworkers=0"]
+MPI_STEPS = 30
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "JUKEBOX_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _start(cmd: list[str], tmp: Path) -> subprocess.Popen:
+    # A new session, so that on timeout the whole launcher tree can be ended by its group id.
+    return subprocess.Popen(cmd, cwd=tmp, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{proc.args[:3]} ran past {timeout} s (a hung rank?); output:\n{out[-4000:]}")
+    return proc.returncode, out
+
+
+def _run(cmd: list[str], tmp: Path, timeout: float) -> tuple[int, str]:
+    return _finish(_start(cmd, tmp), timeout)
+
+
+def _records(logdir: Path, split: str = "train") -> list[dict]:
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def _event_tags(logdir: Path) -> set[str]:
+    """Summary tags in the TensorBoard event files (TFRecord framing: length, crc, payload, crc)."""
+    from tensorboardX.proto import event_pb2
+    tags = set()
+    for path in logdir.glob("events.out.tfevents.*"):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + n])
+            tags.update(v.tag for v in event.summary.value)
+            i += 12 + n + 4
+    return tags
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def mpi_run(tmp_path_factory):
+    """Two ranks train the tiny VQ-VAE for MPI_STEPS steps, saving every 10."""
+    tmp = tmp_path_factory.mktemp("mpi_train")
+    cmd = [MPIEXEC, "-n", "2", PYTHON, TRAIN, "--name=mpi", *TINY_VQVAE, f"--local_logdir={tmp / 'logs'}",
+           f"--exit_train={MPI_STEPS}", "--save_iters=10"]
+    code, out = _run(cmd, tmp, timeout=240)
+    assert code == 0, out[-4000:]
+    return tmp, tmp / "logs" / "mpi", out
+
+
+@pytest.mark.slow
+def test_mpi_training_learns_and_keeps_replicas_in_sync(mpi_run):
+    _, logdir, out = mpi_run
+    records = _records(logdir)
+    assert [r["step"] for r in records] == list(range(1, MPI_STEPS + 1))
+    losses = [r["loss"] for r in records]
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.8 * first, f"loss did not fall: first steps {losses[:6]}, last steps {losses[-6:]}"
+    assert records[0]["lr"] == 0.0 and records[1]["lr"] == pytest.approx(5e-4) and records[-1]["lr"] == 1e-3
+
+    # Every rank reported a fingerprint of its weights at the end; DDP must keep them identical.
+    (replicas,) = _records(logdir, "replicas")
+    assert len(replicas["checksums"]) == 2 and replicas["checksums"][0] == replicas["checksums"][1]
+
+    tags = _event_tags(logdir)
+    assert {"loss", "lr", "gn", "recons_loss", "entropy", "usage", "hps/text_summary"} <= tags
+    assert {"0/train_x_in", "0/train_x_out", "0/train_x_ds_start_0", "0/train_x_ds_start_1"} <= tags
+    assert "mpiexec" not in (logdir / "argv.txt").read_text() and "--name=mpi" in (logdir / "argv.txt").read_text()
+
+
+@pytest.mark.slow
+def test_mpi_checkpoints_are_complete_and_weights_only(mpi_run):
+    _, logdir, _ = mpi_run
+    for step in (10, 20, 30):
+        assert (logdir / f"checkpoint_step_{step}.pth.tar").is_file()
+    ckpt = _load(logdir / "checkpoint_latest.pth.tar")
+    assert {"hps", "model", "opt", "shd", "step", "epoch", "ema"} <= set(ckpt)
+    assert ckpt["step"] == MPI_STEPS and ckpt["epoch"] == 0 and ckpt["shd"]["last_epoch"] == MPI_STEPS
+    assert type(ckpt["hps"]) is dict and ckpt["hps"]["width"] == 16 and ckpt["hps"]["ngpus"] == 2
+    assert set(ckpt["hps"]["bandwidth"]) == {"l1", "l2", "spec"}
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert "bottleneck.level_blocks.0.k" in ckpt["model"]
+    assert all(int(s["step"]) == MPI_STEPS for s in ckpt["opt"]["state"].values())
+    # `model` holds the EMA weights, `ema` the live ones: equal in shape, different in value.
+    live = ckpt["ema"]["params"]
+    assert ckpt["ema"]["steps"] == MPI_STEPS and ckpt["ema"]["mu"] == pytest.approx(1 - (2 * 2 / 8) / 1000)
+    assert set(live) <= set(ckpt["model"])
+    assert any(not torch.equal(live[k], ckpt["model"][k]) for k in live)
+
+
+@pytest.mark.slow
+def test_resume_continues_step_optimizer_and_schedule(mpi_run):
+    tmp, logdir, _ = mpi_run
+    saved = _load(logdir / "checkpoint_latest.pth.tar")
+    cmd = [PYTHON, TRAIN, "--name=resumed", *TINY_VQVAE, f"--local_logdir={tmp / 'logs'}",
+           f"--restore_vqvae={logdir / 'checkpoint_latest.pth.tar'}", f"--exit_train={MPI_STEPS + 4}"]
+    code, out = _run(cmd, tmp, timeout=180)
+    assert code == 0, out[-4000:]
+    assert f"Resuming at step {MPI_STEPS}" in out
+    resumed = tmp / "logs" / "resumed"
+    assert [r["step"] for r in _records(resumed)] == [MPI_STEPS + 1 + i for i in range(4)]
+    ckpt = _load(resumed / "checkpoint_latest.pth.tar")
+    assert ckpt["step"] == MPI_STEPS + 4 and ckpt["shd"]["last_epoch"] == MPI_STEPS + 4
+    # Adam's per-parameter step counts continue from the saved ones: the optimiser state was restored.
+    assert all(int(s["step"]) == MPI_STEPS + 4 for s in ckpt["opt"]["state"].values())
+    assert ckpt["ema"]["steps"] == MPI_STEPS + 4
+    before = saved["opt"]["state"][0]["exp_avg_sq"]
+    after = ckpt["opt"]["state"][0]["exp_avg_sq"]
+    # Four more updates with beta2=0.999 keep most of the restored second moment.
+    assert torch.all(after >= 0.999 ** 4 * before * 0.999)
+
+
+def test_unknown_hparam_fails_fast_with_a_clear_message(tmp_path):
+    start = time.time()
+    code, out = _run([PYTHON, TRAIN, "--hps=small_vqvae", "--name=x", "--sample_lenght=8192"], tmp_path, timeout=60)
+    assert code != 0
+    assert "unknown hyperparameter 'sample_lenght'" in out and "sample_length" in out
+    assert not (tmp_path / "logs").exists()
+    assert time.time() - start < 60
+
+
+WRAPPER = """
+import sys
+import fire
+import jukebox.train as train
+
+original = train.Trainer.train_step
+
+def failing_step(self, *args, **kwargs):
+    if self.rank == 1 and self.step == 3:
+        raise RuntimeError("injected failure on rank 1")
+    return original(self, *args, **kwargs)
+
+train.Trainer.train_step = failing_step
+fire.Fire(train.run)
+"""
+
+
+@pytest.mark.slow
+def test_an_exception_on_one_rank_ends_the_whole_mpi_job(tmp_path):
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(WRAPPER)
+    start = time.time()
+    cmd = [MPIEXEC, "-n", "2", PYTHON, str(script), "--name=fail", *TINY_VQVAE,
+           f"--local_logdir={tmp_path / 'logs'}", "--exit_train=50"]
+    code, out = _run(cmd, tmp_path, timeout=150)
+    assert code != 0
+    assert "injected failure on rank 1" in out
+    assert time.time() - start < 150
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_saves_latest(tmp_path):
+    logdir = tmp_path / "logs" / "term"
+    proc = _start([PYTHON, TRAIN, "--name=term", *TINY_VQVAE, f"--local_logdir={tmp_path / 'logs'}",
+                   "--exit_train=100000", "--save_iters=100000"], tmp_path)
+    deadline = time.time() + 150
+    while time.time() < deadline and proc.poll() is None:
+        if (logdir / "metrics.jsonl").exists() and len(_records(logdir)) >= 3:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc, timeout=60)
+    assert code == 128 + signal.SIGTERM, out[-3000:]
+    assert "Received signal" in out
+    ckpt = _load(logdir / "checkpoint_latest.pth.tar")
+    assert ckpt["step"] == _records(logdir)[-1]["step"] >= 3
