@@ -225,6 +225,51 @@ def test_labeller_is_lazy(case, tmp_path):
         prior._labeller, prior.ids_dir = None, None
 
 
+def test_get_y_and_z_conds(case):
+    """get_y rebuilds the fixture's y from its ids and full lyrics; get_z_conds cuts the level above."""
+    fixture, prior = case
+    y, out = fixture["inputs"]["y"], fixture["outputs"]
+    if y is None:
+        assert prior.get_y(None, 0) is None
+    else:
+        prior.ids_dir = IDS_DIR
+        try:
+            labels = dict(y=y.clone(), info=fixture["inputs"]["y_info"])
+            rebuilt, indices = prior.get_y(labels, 0, get_indices=True)
+            assert torch.equal(rebuilt, y)
+            if prior.n_tokens:
+                assert indices == [info["window_indices"] for info in labels["info"]]
+            shifted = prior.get_y(labels, 5)
+            assert torch.equal(shifted[:, 1], y[:, 1] + 5 * prior.raw_to_tokens)
+            assert torch.equal(labels["y"], y)  # labels are not modified
+        finally:
+            prior._labeller, prior.ids_dir = None, None
+    if prior.x_cond:
+        zs = [None] * prior.level + [out["z"], *out["z_conds"]]  # indexed by level, as in sampling
+        assert torch.equal(prior.get_z_conds(zs, 0, prior.n_ctx)[0], out["z_conds"][0])
+        with pytest.raises(ValueError, match="aligned"):
+            prior.get_z_conds(zs, 1, prior.n_ctx + 1)
+    else:
+        assert prior.get_z_conds([out["z"]], 0, prior.n_ctx) is None
+
+
+def test_attention_weights_recording(case):
+    fixture, prior = case
+    out = fixture["outputs"]
+    last = len(prior.prior.transformer._attn_mods) - 1
+    with torch.no_grad():
+        ws = prior.z_forward(out["z"], out["z_conds"], fixture["inputs"]["y"], get_attn_weights={last})
+    assert len(ws) == 1
+    w = ws[0]
+    heads = prior.prior.transformer.n_head
+    if prior.single_enc_dec:  # prime attention (used for lyric alignment): music queries over lyric keys
+        assert w.shape == (2, heads, prior.n_ctx, prior.n_tokens)
+        assert torch.all(w >= 0) and torch.all(w.sum(-1) <= 1 + 1e-5)
+    else:
+        assert isinstance(w, torch.Tensor) and w.shape[1] == heads
+    assert not any(m.attn.record_attn for m in prior.prior.transformer._attn_mods)
+
+
 def test_bad_inputs_raise_clear_errors(case):
     fixture, prior = case
     out, y = fixture["outputs"], fixture["inputs"]["y"]
@@ -259,3 +304,19 @@ def test_range_embedding_rejects_out_of_range():
         emb(torch.tensor([[10.0]]), torch.tensor([[10.0]]))
     with pytest.raises(ValueError, match="pos_end"):
         emb(torch.tensor([[1.0]]))
+
+
+def test_fp16_params_and_fp16_sampling_on_cpu():
+    """fp16_params stores only the transformer's linear weights in float16; fp16 on CPU falls back to float32."""
+    fixture = load_fixture("prior_top_unconditional")
+    fixture = dict(fixture, hps=dict(fixture["hps"], fp16_params=True))
+    prior = _build(fixture)
+    for name, tensor in prior.state_dict().items():
+        assert tensor.dtype == (torch.float16 if name.endswith(".w") else torch.float32), name
+    with pytest.warns(UserWarning, match="fp16"):
+        tokens = prior.sample(2, fp16=True, sample_tokens=5)
+    assert tokens.shape == (2, 5) and tokens.dtype == torch.int64
+    with torch.no_grad(), pytest.warns(UserWarning, match="fp16"):
+        loss, _ = prior.z_forward(fixture["outputs"]["z"], [], None, fp16=True)
+    # Weights rounded to float16 move the loss only slightly.
+    torch.testing.assert_close(loss, fixture["outputs"]["loss"], rtol=1e-2, atol=0)

@@ -5,7 +5,6 @@ Built on the meta device, so no memory is allocated for the billions of paramete
 import json
 
 import pytest
-import torch
 
 from conftest import MANIFESTS
 from jukebox.hparams import setup_hparams

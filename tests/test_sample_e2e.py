@@ -43,6 +43,20 @@ COMMON = dict(model="tiny_test", levels=3, sample_length_in_seconds=0.25, total_
 TOKENS = [128, 64, 32]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_for_module_fixtures():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: thread hand-offs cost more than they save (and the test machines are shared).
+    torch.set_num_threads(1)
+
+
 def _register(checkpoints: Path) -> None:
     for name, values in TINY.items():
         key = "restore_vqvae" if name == "tiny_vqvae" else "restore_prior"

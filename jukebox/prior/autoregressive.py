@@ -188,12 +188,20 @@ class ConditionalAutoregressive2D(nn.Module):
         return loss, None
 
     # --------------------------------------------------------------------------------------- sampling
-    def _cond_at(self, x_cond: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
-        """The conditioning of positions [start, end): ``(N, end - start, width)``, ``(N, 1, width)`` or None."""
-        if x_cond is None or x_cond.shape[1] == 1:
-            return x_cond
-        return x_cond[:, start:end]
+    def _inputs(self, x: torch.Tensor, t0: int, t1: int, start: torch.Tensor, pos_emb: torch.Tensor,
+                x_cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Transformer inputs of positions [t0, t1) ``(N, t1 - t0, width)`` and their conditioning.
 
+        Position t sees the token at t - 1 (the start token at 0), plus its position embedding and x_cond.
+        """
+        h = self.x_emb(x[:, max(t0 - 1, 0):t1 - 1])
+        if t0 == 0:
+            h = torch.cat([start, h], dim=1)
+        h = h + pos_emb[t0:t1]
+        if x_cond is None:
+            return h, None
+        cond = x_cond if x_cond.shape[1] == 1 else x_cond[:, t0:t1]
+        return h + cond, cond
 
     def _cached_forward(self, h: torch.Tensor, cond: torch.Tensor | None, encoder_kv: torch.Tensor | None,
                         fp16: bool) -> torch.Tensor:
@@ -225,33 +233,22 @@ class ConditionalAutoregressive2D(nn.Module):
         preds = self.x_emb.weight.new_empty(N, L, self.bins) if get_preds else None
         start = self._start(N, y_cond).to(self.x_emb.weight.dtype)
         pos_emb = self.pos_emb()
-
-        def embed(h: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            """Inputs ``(N, l, width)`` at positions [t, t + l) -> (plus position and conditioning, conditioning)."""
-            cond = self._cond_at(x_cond, t, t + h.shape[1])
-            h = h + pos_emb[t:t + h.shape[1]]
-            return (h, None) if cond is None else (h + cond, cond)
-
         self.transformer.del_cache()
         try:
-            # Position t sees the token at t - 1 (the start token at 0).
-            inputs = torch.cat([start, self.x_emb(x[:, :n_prime - 1])], dim=1) if n_prime else None
             t = 0
             for size in get_split_chunks(n_prime, chunk_size):
-                h = self._cached_forward(*embed(inputs[:, t:t + size], t), encoder_kv, fp16)
+                h = self._cached_forward(*self._inputs(x, t, t + size, start, pos_emb, x_cond), encoder_kv, fp16)
                 if get_preds:
                     preds[:, t:t + size] = self.x_out(h)
                 t += size
             self.transformer.check_cache(N, n_prime, fp16)
-
-            h = self.x_emb(x[:, n_prime - 1:n_prime]) if n_prime else start
             for t in range(n_prime, L):
-                logits = self.x_out(self._cached_forward(*embed(h, t), encoder_kv, fp16))
+                h = self._cached_forward(*self._inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16)
+                logits = self.x_out(h)
                 if get_preds:
                     preds[:, t:t + 1] = logits
                 if draw is not None:
                     x[:, t:t + 1] = draw(logits)
-                h = self.x_emb(x[:, t:t + 1])
         finally:
             self.transformer.del_cache()
         return x, preds

@@ -132,7 +132,7 @@ class LabelConditioner(nn.Module):
                  max_duration: float | None, n_time: int, out_width: int, init_scale: float,
                  max_bow_genre_size: int, include_time_signal: bool) -> None:
         super().__init__()
-        if len(y_bins) != 2:
+        if not isinstance(y_bins, (tuple, list)) or len(y_bins) != 2:
             raise ValueError(f"y_bins must be (genre bins, artist bins), got {y_bins}")
         self.n_time = n_time
         self.out_width = out_width

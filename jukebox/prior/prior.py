@@ -131,6 +131,10 @@ class SimplePrior(nn.Module):
                                       v3=self.labels_v3, ids_dir=self.ids_dir)
         return self._labeller
 
+    @labeller.setter
+    def labeller(self, labeller: Labeller | EmptyLabeller) -> None:
+        self._labeller = labeller
+
     def get_y(self, labels: dict | None, start: int, get_indices: bool = False):
         """y of the window starting at token ``start`` of this level: sample_length, offset and lyric
         tokens set for it. labels: ``{'y': (N, label_len), 'info': [...]}``. None for unlabelled priors."""
@@ -146,10 +150,13 @@ class SimplePrior(nn.Module):
         """Codes of the level above for the window [start, end) of this level (None at the top)."""
         if self.level == self.levels - 1:
             return None
+        if len(zs) <= self.cond_level:
+            raise ValueError(f"zs must hold the codes of every level, indexed by level; got {len(zs)} entries "
+                             f"but this level-{self.level} prior needs zs[{self.cond_level}]")
         if start % self.cond_downsample or end % self.cond_downsample:
             raise ValueError(f"window [{start}, {end}) must be aligned to the conditioning downsample "
                              f"{self.cond_downsample}")
-        z_cond = zs[self.level + 1][:, start // self.cond_downsample:end // self.cond_downsample]
+        z_cond = zs[self.cond_level][:, start // self.cond_downsample:end // self.cond_downsample]
         if z_cond.shape[1] != self.n_ctx // self.cond_downsample:
             raise ValueError(f"expected {self.n_ctx // self.cond_downsample} codes of level {self.level + 1} for "
                              f"window [{start}, {end}), got {z_cond.shape[1]}: the upper level is too short")
@@ -214,7 +221,10 @@ class SimplePrior(nn.Module):
         return y[:, :n_labels], y[:, n_labels:]
 
     def get_cond(self, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None):
-        """-> (x_cond ``(N, n_ctx, W)`` or None, y_cond ``(N, 1, W)`` or None, lyric tokens ``(N, n_tokens)`` or None)."""
+        """Conditioning of one window.
+
+        Returns (x_cond ``(N, n_ctx, W)`` or None, y_cond ``(N, 1, W)`` or None, lyric tokens ``(N, n_tokens)`` or None).
+        """
         y, prime = self._split_y(y)
         y_cond, y_pos = self.y_emb(y) if self.y_cond else (None, None)
         x_cond = self.x_emb(z_conds) if self.x_cond else y_pos

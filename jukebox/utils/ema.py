@@ -67,7 +67,7 @@ class EMA:
     def state_dict(self) -> dict[str, Any]:
         """Plain, ``weights_only``-loadable state: ``mu``, ``freq``, ``steps`` and the float32 tensors by name."""
         return {"mu": self.mu, "freq": self.freq, "steps": self.steps,
-                "params": {n: s.detach().cpu() for n, s in zip(self.names, self.state)}}
+                "params": {n: s.detach().to("cpu", copy=True) for n, s in zip(self.names, self.state)}}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
