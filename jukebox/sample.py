@@ -176,7 +176,8 @@ def load_codes(codes_file: str, n_samples: int, levels: int, cut_length: int | N
 def load_prompts(audio_files: Sequence[str], duration: int, n_samples: int, sr: int, top_hop: int) -> torch.Tensor:
     """Mono prompts ``(n_samples, T, 1)``: the first ``duration`` samples of each file (any readable format),
     tiled to n_samples; T is cut to the shortest file and to a multiple of ``top_hop``."""
-    available = min(int(audio_info(f).frames * sr / audio_info(f).sr) for f in audio_files)
+    infos = [audio_info(f) for f in audio_files]
+    available = min(int(info.frames * sr / info.sr) for info in infos)
     length = min(duration, available) // top_hop * top_hop
     if length <= 0:
         raise ValueError(f"the prompt files are shorter than one top-level token ({top_hop} samples at {sr} Hz)")
@@ -294,7 +295,7 @@ def _sample(model: str, hps: Hyperparams, vqvae: Any, priors: list, device: torc
                     sampling={k: [kw.get(k) for kw in sampling_kwargs] for k in ("temp", "fp16", "top_k", "top_p")})
     progress = _Progress(hps.name, settings)
     state = progress.read()
-    sample_levels_ = list(range(levels - 1)) if mode == "upsample" else list(range(levels))
+    levels_to_sample = list(range(levels - 1)) if mode == "upsample" else list(range(levels))
     if state is not None:
         if seed is not None and seed + rank != state["seed"]:
             raise RuntimeError(f"{progress.path} was sampled with --seed={state['seed'] - rank}; pass that seed (or "
@@ -327,7 +328,7 @@ def _sample(model: str, hps: Hyperparams, vqvae: Any, priors: list, device: torc
             progress.alignments = _align(zs, labels, top, sampling_kwargs, hps)
 
     try:
-        sample_levels(zs, labels, sampling_kwargs, priors, sample_levels_, hps.sample_length, hps.hop_fraction,
+        sample_levels(zs, labels, sampling_kwargs, priors, levels_to_sample, hps.sample_length, hps.hop_fraction,
                       device, resume=resume, after_window=after_window, after_level=after_level)
     except KeyboardInterrupt:
         print_once(f"\nInterrupted. Rerun the same command to continue from the last finished window "

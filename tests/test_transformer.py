@@ -33,6 +33,12 @@ PRIOR_FIXTURES = ["prior_top_unconditional", "prior_top_labelled", "prior_sep_en
                   "prior_single_enc_dec_lyrics", "upsampler_level_1", "upsampler_level_0"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(_deterministic_threads):
+    # These models are tiny: extra threads only add synchronisation cost on a shared machine.
+    torch.set_num_threads(1)
+
+
 def _randomize(module: torch.nn.Module, seed: int) -> None:
     """Weights with O(1) activations and attention scores, so every pattern visibly matters."""
     g = torch.Generator().manual_seed(seed)
@@ -278,19 +284,20 @@ def _fixture_prior(name):
         x_cond = torch.cat([torch.zeros(n, hps["n_tokens"], hps["prior_width"]), x_cond], 1)
     first = out["y_cond"].view(n, -1) if out["y_cond"] is not None else sd["prior.start_token"].expand(n, -1)
 
-    def embed(prev_tokens, start):
-        """Inputs at positions start.. given the tokens before each (None for position 0)."""
-        x = sd["prior.x_emb.weight"][prev_tokens] if prev_tokens is not None else first[:, None]
+    def embed(prev_tokens, start, n=n):
+        """Inputs of n samples at positions start.. given the token before each (None at position 0);
+        at start 0, prev_tokens are the tokens of positions 0.. and get shifted right."""
+        x = sd["prior.x_emb.weight"][prev_tokens] if prev_tokens is not None else first[:n, None]
         if start == 0 and prev_tokens is not None:
-            x = torch.cat([first[:, None], x[:, :-1]], 1)
+            x = torch.cat([first[:n, None], x[:, :-1]], 1)
         length = x.shape[1]
-        return x + sd["prior.pos_emb.pos_emb"][start:start + length] + x_cond[:, start:start + length]
+        return x + sd["prior.pos_emb.pos_emb"][start:start + length] + x_cond[:n, start:start + length]
 
-    add_after = not hps["merged_decoder"]
+    add_after = not hps["merged_decoder"]  # the original adds x_cond again unless the decoder is merged
 
     def logits(h, start):
         if add_after:
-            h = h + x_cond[:, start:start + h.shape[1]]
+            h = h + x_cond[:h.shape[0], start:start + h.shape[1]]
         return h @ sd["prior.x_out.weight"].T
 
     return fx, model, embed, logits, out.get("encoder_kv")
@@ -316,17 +323,20 @@ def test_fixture_step_logits_through_cache(name):
     fx, model, embed, logits, enc = _fixture_prior(name)
     for run in fx["sampling"]:
         raw, p0, chunk = run["raw_tokens"], run["first_step_position"], run["spec"].get("chunk_size")
+        n = raw.shape[0]
+        kv = enc[:n] if enc is not None else None
         model.del_cache()
         steps = []
         with torch.no_grad():
             t = 0
             while t < p0:  # prime the cache with the known tokens, chunk by chunk
                 c = min(chunk or p0, p0 - t)
-                model(embed(raw[:, t - 1:t + c - 1] if t else raw[:, :c], t), enc, sample=True)
+                model(embed(raw[:, t - 1:t + c - 1] if t else raw[:, :c], t, n), kv, sample=True)
                 t += c
+                model.check_cache(n, t, fp16=False)
             for t in range(p0, p0 + run["step_logits"].shape[1]):
-                x = embed(raw[:, t - 1:t] if t else None, t)
-                steps.append(logits(model(x, enc, sample=True), t))
+                x = embed(raw[:, t - 1:t] if t else None, t, n)
+                steps.append(logits(model(x, kv, sample=True), t))
         torch.testing.assert_close(torch.cat(steps, 1), run["step_logits"], atol=1e-4, rtol=0)
 
 

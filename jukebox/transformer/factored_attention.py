@@ -222,7 +222,8 @@ class FactoredAttention(nn.Module):
     def _explicit_attention(self, q, k, v, mask, p):
         """Softmax attention that keeps the probabilities in ``self.w`` (for alignment)."""
         s = math.sqrt(self._score_scale)
-        w = torch.matmul(q * s, (k * s).transpose(-1, -2)).float()
+        w = torch.matmul(q * s, (k * s).transpose(-1, -2))
+        w = w.to(torch.promote_types(w.dtype, torch.float32))  # softmax in at least float32
         if mask is not None:
             w = w.masked_fill(~mask, -1e9)
         w = F.softmax(w, dim=-1).to(q.dtype)

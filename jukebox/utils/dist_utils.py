@@ -11,6 +11,7 @@ import datetime
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 import torch
@@ -48,7 +49,9 @@ def _abort_mpi_on_exception(comm: Any) -> None:
 
     def hook(exc_type, exc, tb):
         previous(exc_type, exc, tb)
+        sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(1.0)  # let the launcher forward the traceback before MPI_Abort tears the job down
         comm.Abort(1)
 
     sys.excepthook = hook

@@ -129,17 +129,17 @@ def on_device(prior: Any, device: torch.device | str) -> Iterator[Any]:
 
 
 def sample_levels(zs: list[torch.Tensor], labels: Sequence[dict | None], sampling_kwargs: Sequence[dict],
-                  priors: Sequence[Any], sample_levels: Sequence[int], sample_length: int,
+                  priors: Sequence[Any], levels: Sequence[int], sample_length: int,
                   hop_fraction: Sequence[float], device: torch.device | str = "cpu",
                   resume: tuple[int, int] | None = None, after_window: WindowHook | None = None,
                   after_level: LevelHook | None = None) -> list[torch.Tensor]:
-    """Sample ``sample_levels`` from the top down, each to ``sample_length`` audio samples' worth of tokens.
+    """Sample ``levels`` from the top down, each to ``sample_length`` audio samples' worth of tokens.
 
     zs: per-level codes (N, T_l), index 0 the bottom level; labels/sampling_kwargs: one entry per level.
     resume: (level, windows done on it): levels above it are skipped as finished, its first windows too.
     after_level is called while the level's prior is still loaded (e.g. to decode, save and align).
     """
-    for level in sorted(sample_levels, reverse=True):
+    for level in sorted(levels, reverse=True):
         windows_done = 0
         if resume is not None:
             if level > resume[0]:
