@@ -88,13 +88,13 @@ def run(model: str, logdir: str, levels: int = 3, hop_fraction: Sequence[float] 
     from jukebox.hparams import Hyperparams
     from jukebox.make_models import make_model
     from jukebox.save_html import save_html
-    from jukebox.utils.checkpoint import save_checkpoint
+    from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
     from jukebox.utils.dist_utils import setup_dist_from_mpi
 
     _, _, device = setup_dist_from_mpi(port=port)
     hps = Hyperparams(levels=levels, hop_fraction=hop_fraction, **kwargs)
     level_dir = os.path.join(logdir, "level_0")
-    data = torch.load(os.path.join(level_dir, "data.pth.tar"), map_location="cpu", weights_only=True)
+    data = load_checkpoint(os.path.join(level_dir, "data.pth.tar"))
     hps.sample_length = int(data["x"].shape[1])
     _, priors = make_model(model, device, hps, levels=[levels - 1])
     top = priors[-1]

@@ -32,7 +32,7 @@ from jukebox.align import can_align, get_alignment
 from jukebox.hparams import Hyperparams
 from jukebox.make_models import make_model
 from jukebox.save_html import save_html
-from jukebox.utils.checkpoint import save_checkpoint
+from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 from jukebox.utils.dist_utils import get_rank, get_world_size, print_once, setup_dist_from_mpi
 from jukebox.utils.io import audio_info, load_audio, save_wav
 from jukebox.utils.sampling import on_device, sample_levels
@@ -157,7 +157,10 @@ def make_metas(n_samples: int, total_length: int, artist: Any = None, genre: Any
 def load_codes(codes_file: str, n_samples: int, levels: int, cut_length: int | None, priors: Sequence[Any],
                device: torch.device) -> list[torch.Tensor]:
     """The zs of an earlier run's data.pth.tar, cut to ``cut_length`` audio samples if given."""
-    data = torch.load(codes_file, map_location="cpu", weights_only=True)
+    if not os.path.isfile(codes_file):
+        raise FileNotFoundError(f"--codes_file {codes_file!r} does not exist; pass the level_k/data.pth.tar of an "
+                                "earlier run")
+    data = load_checkpoint(codes_file)  # tensors and plain containers only: never runs code from the file
     zs = data.get("zs") if isinstance(data, dict) else None
     if not isinstance(zs, (list, tuple)) or len(zs) != levels:
         raise ValueError(f"{codes_file} has no codes of {levels} levels (expected the data.pth.tar of a sampling run)")
@@ -177,13 +180,20 @@ def load_prompts(audio_files: Sequence[str], duration: int, n_samples: int, sr: 
     """Mono prompts ``(n_samples, T, 1)``: the first ``duration`` samples of each file (any readable format),
     tiled to n_samples; T is cut to the shortest file and to a multiple of ``top_hop``."""
     infos = [audio_info(f) for f in audio_files]
-    available = min(int(info.frames * sr / info.sr) for info in infos)
-    length = min(duration, available) // top_hop * top_hop
+    lengths = [int(info.frames * sr / info.sr) for info in infos]
+    shortest = audio_files[lengths.index(min(lengths))]
+    length = min(duration, min(lengths)) // top_hop * top_hop
     if length <= 0:
-        raise ValueError(f"the prompt files are shorter than one top-level token ({top_hop} samples at {sr} Hz)")
+        raise ValueError(f"prompt file {shortest!r} is shorter than one top-level token ({top_hop} samples at "
+                         f"{sr} Hz)")
     if length < duration:
-        print_once(f"Prompts shortened to {length / sr:.2f} s, the length of the shortest file")
+        print_once(f"Prompts shortened to {length / sr:.2f} s, the length of the shortest file ({shortest}), "
+                   f"instead of the {duration / sr:.2f} s asked for")
     xs = [torch.from_numpy(load_audio(f, sr=sr, offset=0, duration=length, channels=1)).T for f in audio_files]
+    silent = [f for f, x in zip(audio_files, xs) if not bool(x.abs().max() > 0)]
+    if silent:
+        raise ValueError(f"the first {length / sr:.2f} s of prompt file(s) {', '.join(map(repr, silent))} are "
+                         "silent; prime with audio that has sound in it (or use --mode=ancestral)")
     return torch.stack([xs[i % len(xs)] for i in range(n_samples)])
 
 
@@ -198,7 +208,7 @@ class _Progress:
     def read(self) -> dict | None:
         if not os.path.exists(self.path):
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(self.path)
         saved = json.loads(state["settings"])
         changed = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
         if changed:
@@ -251,10 +261,10 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
         vqvae, priors = make_model(model, device, hps)
         if len(priors) != levels:
             raise ValueError(f"model {model!r} has {len(priors)} levels but --levels={levels}")
-        if levels > 1 and hps.sample_length // priors[-2].raw_to_tokens < priors[-2].n_ctx:
-            shortest = priors[-2].n_ctx * priors[-2].raw_to_tokens / sr
+        window = max((p.n_ctx * p.raw_to_tokens for p in priors[:-1]), default=0)  # the upsamplers' longest
+        if hps.sample_length < window:
             raise ValueError(f"--sample_length_in_seconds gives {hps.sample_length} samples, but upsampling needs at "
-                             f"least one context of the level below the top: use at least {shortest:.2f} s")
+                             f"least one context of every level below the top: use at least {window / sr:.2f} s")
         for prior in priors:
             if ids_dir is not None:
                 prior.ids_dir = ids_dir
@@ -335,7 +345,8 @@ def _sample(model: str, hps: Hyperparams, vqvae: Any, priors: list, device: torc
                    f"(saved in {progress.path}).")
         raise
     progress.done()
-    print_once(f"Done: samples are in {hps.name}/level_*/ (serve with `python -m http.server` to view index.html)")
+    print_once(f"Done: samples are in {hps.name}/level_*/ (to view index.html, serve them with "
+               "`python -m http.server --bind 127.0.0.1`)")
 
 
 def _initial_codes(mode: str, hps: Hyperparams, vqvae: Any, priors: list, device: torch.device,

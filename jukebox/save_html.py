@@ -1,8 +1,8 @@
 """The sample viewer: ``{logdir}/index.html`` lists the samples of one level, and each
 ``{logdir}/item_{i}/index.html`` plays its audio while highlighting the lyric character being sung.
 
-Serve the directory (``python -m http.server``) and open ``index.html``. Every URL is relative and
-nothing outside the directory is loaded. Lyrics, artist and genre are user text: they reach the
+Serve the directory (``python -m http.server --bind 127.0.0.1``) and open ``index.html``. Every URL
+is relative and nothing outside the directory is loaded. Lyrics, artist and genre are user text: they reach the
 page escaped (``html.escape``) or inside a JSON data block whose ``<``, ``>`` and ``&`` are
 \\u-escaped, and the script inserts them with ``textContent`` only.
 """

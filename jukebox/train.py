@@ -213,7 +213,10 @@ class Trainer:
         path = self.hps.restore_prior if self.hps.prior else self.hps.restore_vqvae
         if not path:
             return None
-        return load_checkpoint(resolve_checkpoint_path(path))
+        path = resolve_checkpoint_path(path)
+        if os.path.isdir(path) or path.endswith(".safetensors"):
+            return None  # transformers-format weights: make_* loaded them; there is no training state
+        return load_checkpoint(path)
 
     def _restore(self, ckpt: Mapping[str, Any]) -> None:
         """Resume from a checkpoint whose ``model`` weights ``make_vqvae``/``make_prior`` already loaded."""
@@ -240,6 +243,8 @@ class Trainer:
             except (ValueError, KeyError) as e:
                 raise ValueError(f"the optimiser state in the checkpoint does not fit this model ({e}); "
                                  "pass --reset_opt=True to start the optimiser afresh") from None
+            for group in self.opt.param_groups:  # the optimiser hparams given now apply
+                group.update(betas=(hps.beta1, hps.beta2), eps=hps.eps, weight_decay=hps.weight_decay)
             if ckpt.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(ckpt["scaler"])
         if not hps.reset_shd and ckpt.get("shd") is not None:

@@ -204,3 +204,37 @@ def test_sigterm_stops_cleanly_and_saves_latest(tmp_path):
     assert "Received signal" in out
     ckpt = _load(logdir / "checkpoint_latest.pth.tar")
     assert ckpt["step"] == _records(logdir)[-1]["step"] >= 3
+
+
+@pytest.mark.slow
+def test_prior_trains_on_frozen_vqvae_codes_and_resumes(mpi_run):
+    """The README's small_prior recipe (all_fp16, cpu_ema) scaled down, on the tiny VQ-VAE's top level:
+    32 tokens of level 1 (hop 256) per 8192-sample window."""
+    tmp, vqvae_dir, _ = mpi_run
+    prior = ["--hps=small_vqvae,small_prior,all_fp16,cpu_ema", *TINY_VQVAE[1:], "--test", "--prior", "--levels=2",
+             "--level=1", "--weight_decay=0.01", f"--restore_vqvae={vqvae_dir / 'checkpoint_latest.pth.tar'}",
+             "--n_ctx=32", "--blocks=8", "--prior_width=32", "--prior_depth=2", "--break_test=2",
+             "--cpu_ema_freq=2", f"--local_logdir={tmp / 'logs'}"]
+    code, out = _run([PYTHON, TRAIN, "--name=prior", *prior, "--exit_train=4", "--save_iters=2"], tmp, timeout=180)
+    assert code == 0, out[-4000:]
+    assert "fp16/all_fp16 needs a CUDA device" in out and "float16 parameters" in out
+    logdir = tmp / "logs" / "prior"
+    train = _records(logdir)
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(abs(r["bpd"] - 6.0) < 0.1 for r in train)  # log2(64 codes) bits at initialisation
+    (test,) = _records(logdir, "test")
+    assert {"loss", "bpd", "gen_loss", "prime_loss"} <= set(test)
+    ckpt = _load(logdir / "checkpoint_latest.pth.tar")
+    assert ckpt["step"] == 4 and ckpt["ema"]["freq"] == 2 and ckpt["ema"]["steps"] == 4
+    assert ckpt["hps"]["prior"] is True and ckpt["hps"]["level"] == 1
+    w = "prior.transformer._attn_mods.0.attn.c_attn.w"
+    assert ckpt["model"][w].dtype == torch.float16  # fp16_params checkpoints keep float16 weights
+    assert ckpt["ema"]["params"][w].dtype == torch.float32
+    assert not any(k.startswith(("module.", "vqvae", "encoder")) for k in ckpt["model"])
+
+    code, out = _run([PYTHON, TRAIN, "--name=prior_resumed", *prior, "--exit_train=6",
+                      f"--restore_prior={logdir / 'checkpoint_latest.pth.tar'}"], tmp, timeout=180)
+    assert code == 0, out[-4000:]
+    resumed = _load(tmp / "logs" / "prior_resumed" / "checkpoint_latest.pth.tar")
+    assert resumed["step"] == 6 and resumed["ema"]["steps"] == 6
+    assert all(int(s["step"]) == 6 for s in resumed["opt"]["state"].values())

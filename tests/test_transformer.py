@@ -16,8 +16,9 @@ from jukebox.transformer.factored_attention import FactoredAttention
 from jukebox.transformer.ops import ACT_FNS, Conv1D, LayerNorm, convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer, layer_attn_func
 
-W, N_CTX, BLOCKS, BC, HEADS, SPREAD, ENC, PRIME = 32, 64, 8, 8, 2, 3, 16, 16
-PRIME_KEYS = 24  # the original keeps (prime_len // blocks + 1) * blocks = (16 // 8 + 1) * 8 keys
+# blocks != block_ctx on purpose, so that mixing them up shows.
+W, N_CTX, BLOCKS, BC, HEADS, SPREAD, ENC, PRIME = 32, 72, 6, 12, 2, 3, 16, 16
+PRIME_KEYS = 18  # the original keeps (prime_len // blocks + 1) * blocks = (16 // 6 + 1) * 6 keys
 N = 2
 
 # Depths that include every function of each order (order 10 is cut at its first lyrics layer, 18).
@@ -25,8 +26,8 @@ ORDER_DEPTHS = {0: 2, 1: 2, 2: 3, 3: 2, 4: 2, 5: 4, 6: 4, 7: 16, 8: 10, 9: 4, 10
 CHUNKINGS = {
     "token_by_token": [1] * N_CTX,
     "five_then_ones": [5] + [1] * (N_CTX - 5),
-    "uneven": [5, 1, 1, 13, 2, 9, 8, 25],
-    "block_aligned": [3, 5, 8, 16, 1, 31],
+    "uneven": [5, 1, 1, 13, 2, 9, 8, 25, 8],
+    "block_aligned": [3, 9, 12, 24, 1, 23],
     "whole": [N_CTX],
 }
 PRIOR_FIXTURES = ["prior_top_unconditional", "prior_top_labelled", "prior_sep_enc_dec_lyrics",
@@ -154,7 +155,7 @@ def test_transformer_sampling_matches_full_forward(attn_order, chunking):
 
 
 # --------------------------------------------------------------------------- cache
-@pytest.mark.parametrize("attn_func,cache_len", [(0, 64), (1, 8), (2, 64), (3, 16), (4, 8), (5, 24), (6, 16), (7, 24)])
+@pytest.mark.parametrize("attn_func,cache_len", [(0, 72), (1, 12), (2, 72), (3, 24), (4, 6), (5, 18), (6, 16), (7, 18)])
 def test_cache_is_preallocated_and_freed(attn_func, cache_len):
     attn = _attention(attn_func, dtype=torch.float32)
     x, enc = _inputs()
@@ -467,13 +468,13 @@ def test_bad_configs_raise():
     with pytest.raises(ValueError, match="blocks"):
         Transformer(W, 60, HEADS, 2, attn_order=2, blocks=8)
     with pytest.raises(ValueError, match="attn_order"):
-        Transformer(W, N_CTX, HEADS, 2, attn_order=13, blocks=8)
+        Transformer(W, N_CTX, HEADS, 2, attn_order=13, blocks=BLOCKS)
     with pytest.raises(ValueError, match="spread"):
-        Transformer(W, N_CTX, HEADS, 2, attn_order=4, blocks=8)
+        Transformer(W, N_CTX, HEADS, 2, attn_order=4, blocks=BLOCKS)
     with pytest.raises(ValueError, match="encoder_dims"):
-        Transformer(W, N_CTX, HEADS, 4, attn_order=6, blocks=8)
+        Transformer(W, N_CTX, HEADS, 4, attn_order=6, blocks=BLOCKS)
     with pytest.raises(ValueError, match="prime_len"):
-        Transformer(W, N_CTX, HEADS, 16, attn_order=12, blocks=8)
+        Transformer(W, N_CTX, HEADS, 16, attn_order=12, blocks=BLOCKS)
     with pytest.raises(ValueError, match="afn"):
         Transformer(W, N_CTX, HEADS, 1, afn="tanh")
     with pytest.raises(ValueError, match="n_head"):

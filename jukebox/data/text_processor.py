@@ -5,6 +5,8 @@ The v2 vocabulary (5b/5b_lyrics, 80 entries) has ``+``; the v3 one (1b_lyrics, 7
 """
 from __future__ import annotations
 
+import warnings
+
 from unidecode import unidecode
 
 _LETTERS_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -22,11 +24,24 @@ class TextProcessor:
         self.vocab: dict[str, int] = {UNK: 0, **{c: i + 1 for i, c in enumerate(chars)}}
         self.n_vocab = len(self.vocab)
         self._chars = [""] + list(chars)  # token id -> text; <unk> becomes ''
+        self._reported: set[str] = set()
 
     def clean(self, text: str) -> str:
-        """Transliterate to ASCII, turn every backslash into a newline, drop characters outside the vocab."""
+        """Transliterate to ASCII, turn every backslash into a newline, drop characters outside the vocab.
+
+        Characters that are dropped (wholly or partly) are named in one warning; each only the first time.
+        """
+        dropped = sorted(c for c in set(text) - self._reported if not self._kept(c))
+        if dropped:
+            self._reported.update(dropped)
+            warnings.warn(f"lyrics characters outside the {'v3' if self.v3 else 'v2'} vocabulary are dropped: "
+                          f"{', '.join(map(repr, dropped))}", stacklevel=2)
         text = unidecode(text).replace("\\", "\n")
         return "".join(c for c in text if c in self.vocab)
+
+    def _kept(self, char: str) -> bool:
+        ascii_text = unidecode(char).replace("\\", "\n")
+        return bool(ascii_text) and all(c in self.vocab for c in ascii_text)
 
     def tokenise(self, text: str) -> list[int]:
         """Token ids of a cleaned string (one per character)."""

@@ -4,16 +4,16 @@ A sequence of ``n_ctx`` positions is viewed as ``blocks`` rows of ``block_ctx = 
 positions. Each layer uses one attention function (``attn_func``); a query at position ``i``
 (block ``i // block_ctx``) sees:
 
-=== ======================= ====================================================================
+=== ======================= ========================================================================
 0   dense                   every position ``j <= i``
 1   block                   ``j <= i`` in its own block
 2   transpose block         ``j <= i`` with ``j % block_ctx == i % block_ctx`` (its column)
 3   previous block          every position of the previous block (nothing in block 0)
-4   summary                 the last position of each earlier block that is ``<= i``
-5   summary spread          the last ``spread`` positions of each earlier block that are ``<= i``
+4   summary                 the last position of each block but the final one, if ``<= i``
+5   summary spread          the last ``spread`` positions of each block but the final one, if ``<= i``
 6   encoder-decoder         every encoder (lyrics) state, through ``c_enc_kv``
 7   prime attention         ``j <= i`` with ``j < (prime_len // blocks + 1) * blocks``
-=== ======================= ====================================================================
+=== ======================= ========================================================================
 
 Functions 3, 4 and 5 also see ``block_ctx``, one or ``spread`` all-zero keys with zero values
 standing for the (missing) block before block 0; they take part in the softmax.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,8 @@ from jukebox.hparams import Hyperparams
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "strip_module_prefix", "load_state_dict_checked"]
 
 _MODULE_PREFIX = "module."
+# How torch's weights-only unpickler names a global it refuses (zip and legacy formats word it differently).
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: |unsupported GLOBAL )(?:GLOBAL )?([\w.]+)")
 
 
 class CheckpointError(RuntimeError):
@@ -72,14 +75,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals([Hyperparams]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
-            detail = str(e).split("Unsupported global:")[1].split(" was not")[0].strip()
+        refused = _REFUSED_GLOBAL.search(str(e))
+        if refused:
+            detail = f"GLOBAL {refused.group(1)}"
             raise CheckpointError(
                 f"{path!r} contains a Python object ({detail}) other than tensors and plain containers; refusing "
                 "to unpickle it (weights_only=True). Re-save the checkpoint with only tensors, numbers, strings "
                 "and dicts/lists/tuples."
             ) from None
-        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint (unreadable pickle data)") from None
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint that loads safely (unreadable pickle data, or "
+                              "objects other than tensors and plain containers); refusing to unpickle it") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint (truncated or another format?): "
                               f"{type(e).__name__}: {e}") from None

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from typing import Any
 
 import torch
@@ -45,13 +46,17 @@ def _free_port() -> int:
 
 
 def _abort_mpi_on_exception(comm: Any) -> None:
-    previous = sys.excepthook
+    rank = comm.Get_rank()
 
     def hook(exc_type, exc, tb):
-        previous(exc_type, exc, tb)
+        # Write to the real stderr: torch.distributed's own excepthook (installed around this one by
+        # init_process_group) buffers sys.stderr and would print only after we return, i.e. never.
+        stream = sys.__stderr__ or sys.stderr
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        stream.write("".join(f"[rank{rank}]: {line}\n" for line in text.rstrip("\n").split("\n")))
+        stream.flush()
         sys.stdout.flush()
-        sys.stderr.flush()
-        time.sleep(1.0)  # let the launcher forward the traceback before MPI_Abort tears the job down
+        time.sleep(0.5)  # let the launcher forward the traceback before MPI_Abort tears the job down
         comm.Abort(1)
 
     sys.excepthook = hook

@@ -76,6 +76,8 @@ def _check_exists(file: str) -> None:
         raise AudioReadError(file, "no such file")
     if os.path.isdir(file):
         raise AudioReadError(file, "it is a directory")
+    if os.path.isfile(file) and os.path.getsize(file) == 0:
+        raise AudioReadError(file, "it is empty (0 bytes)")
 
 
 # ------------------------------------------------------------------------------------------
