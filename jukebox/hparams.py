@@ -7,6 +7,7 @@ named ``HPARAMS_REGISTRY`` sets left to right and then ``overrides``. A key that
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any, Iterable, Mapping
 
 __all__ = ["Hyperparams", "HPARAMS_REGISTRY", "DEFAULTS", "setup_hparams", "REMOTE_PREFIX"]
@@ -258,3 +259,33 @@ DEFAULTS["audio"] = Hyperparams(
     multispec_loss_hop_length=(240, 120, 50), multispec_loss_window_size=(1200, 600, 240),
 )
 DEFAULTS["distributed"] = Hyperparams(bucket=128)
+
+# ---------------------------------------------------------------------------------------------
+# Bundled demo model (jukebox/models/demo, trained by scripts/train_demo.sh on CPU; see its
+# MODEL_CARD.md). demo_small_* give the architectures the training commands use; the demo_* sets
+# add the bundled weights, whose paths are resolved from this package, not from the working dir.
+# ---------------------------------------------------------------------------------------------
+DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "demo")
+
+demo_small_vqvae = _register(
+    "demo_small_vqvae",
+    sr=22050, levels=3, downs_t=(3, 2, 2), strides_t=(2, 2, 2), emb_width=64, l_bins=256, l_mu=0.99,
+    commit=0.02, spectral=0.0, multispectral=1.0, loss_fn="lmix", lmix_l2=1.0, lmix_linf=0.02,
+    width=32, depth=2, m_conv=1.0, dilation_growth_rate=3, labels=False,
+)
+demo_small_prior = _register(
+    "demo_small_prior",
+    n_ctx=256, prior_width=128, prior_depth=4, heads=2, attn_order=2, blocks=16, init_scale=0.7,
+    c_res=1, labels=False,
+)
+demo_small_upsampler = _register(
+    "demo_small_upsampler", demo_small_prior,
+    cond_width=64, cond_depth=2, cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_c_res=1,
+)
+_register("demo_vqvae", demo_small_vqvae, restore_vqvae=os.path.join(DEMO_DIR, "vqvae.pth.tar"))
+_register("demo_upsampler_level_0", demo_small_upsampler,
+          level=0, restore_prior=os.path.join(DEMO_DIR, "prior_level_0.pth.tar"))
+_register("demo_upsampler_level_1", demo_small_upsampler,
+          level=1, restore_prior=os.path.join(DEMO_DIR, "prior_level_1.pth.tar"))
+_register("demo_prior", demo_small_prior,
+          level=2, restore_prior=os.path.join(DEMO_DIR, "prior_level_2.pth.tar"))

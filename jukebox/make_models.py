@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from jukebox.hparams import Hyperparams, setup_hparams
-from jukebox.utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
+from jukebox.utils.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, state_dict_problems,
+                                      strip_module_prefix)
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.remote import resolve_path
 from jukebox.utils.transformers_format import (from_transformers_state_dict, is_transformers_state_dict,
@@ -251,6 +252,10 @@ class LazyPrior:
 
     def _assign(self, state: dict[str, torch.Tensor]) -> None:
         expected = self.module.state_dict(keep_vars=True)
+        problems = state_dict_problems(expected, state)
+        if problems:
+            raise CheckpointError(f"{self.hps.restore_prior} does not fit the level-{self.module.level} prior "
+                                  "(were its hps the same as when it was saved?): " + "; ".join(problems))
         state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
         try:
             self.module.load_state_dict(state, strict=True, assign=True)

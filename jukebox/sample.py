@@ -21,9 +21,13 @@ window and gives the same codes as an uninterrupted run. The file is removed whe
 """
 from __future__ import annotations
 
+import difflib
+import errno
+import inspect
 import json
 import os
 import secrets
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -37,7 +41,7 @@ from jukebox.utils.dist_utils import get_rank, get_world_size, print_once, setup
 from jukebox.utils.io import audio_info, load_audio, save_wav
 from jukebox.utils.sampling import on_device, sample_levels
 
-__all__ = ["run", "EXAMPLE_METAS", "default_sampling_kwargs", "load_codes", "load_prompts", "make_metas"]
+__all__ = ["run", "main", "EXAMPLE_METAS", "default_sampling_kwargs", "load_codes", "load_prompts", "make_metas"]
 
 MODES = ("ancestral", "continue", "upsample", "primed")
 
@@ -167,6 +171,14 @@ def load_codes(codes_file: str, n_samples: int, levels: int, cut_length: int | N
     if zs[-1].shape[0] != n_samples:
         raise ValueError(f"{codes_file} holds {zs[-1].shape[0]} samples but --n_samples={n_samples}; pass "
                          f"--n_samples={zs[-1].shape[0]}")
+    for level, (z, prior) in enumerate(zip(zs, priors)):
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != n_samples or z.is_floating_point():
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"{codes_file}: the level-{level} codes must be integers of shape ({n_samples}, T), got "
+                             f"{shape}")
+        if z.numel() and not 0 <= int(z.min()) <= int(z.max()) < prior.l_bins:
+            raise ValueError(f"{codes_file}: the level-{level} codes lie outside [0, {prior.l_bins}), the codebook "
+                             "of this model; were they sampled with another model?")
     if cut_length is not None:
         top_tokens = cut_length // priors[-1].raw_to_tokens
         if top_tokens > zs[-1].shape[1]:
@@ -252,8 +264,12 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
     if mode == "primed" and (not audio_file or prompt_length_in_seconds is None):
         raise ValueError("--mode=primed needs --audio_file=a.wav,b.wav and --prompt_length_in_seconds")
     hop_fraction = _per_level(hop_fraction, levels, "hop_fraction", float)
+    if not all(0.0 < h <= 1.0 for h in hop_fraction):
+        raise ValueError(f"--hop_fraction must be in (0, 1] on every level (windows overlap by 1 - hop_fraction), "
+                         f"got {hop_fraction}")
     rank, _, device = setup_dist_from_mpi(port=port)
     logdir = f"{name}_rank_{rank}" if get_world_size() > 1 else str(name)
+    _check_writable(logdir)
     hps = Hyperparams(name=logdir, levels=levels, sample_length_in_seconds=sample_length_in_seconds,
                       total_sample_length_in_seconds=total_sample_length_in_seconds, sr=sr, n_samples=n_samples,
                       hop_fraction=hop_fraction, sample_length=sample_length)
@@ -273,6 +289,16 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
                            top_k=top_k, top_p=top_p),
                 make_metas(n_samples, int(total_sample_length_in_seconds * sr), artist, genre, lyrics, lyrics_file,
                            metas))
+
+
+def _check_writable(logdir: str) -> None:
+    """Fail before any work if the outputs (and the resume file) cannot be written to ``logdir``."""
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the output folder {logdir!r}: {e.strerror}; pass another --name") from e
+    if not os.access(logdir, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"the output folder {logdir!r} is not writable; pass another --name")
 
 
 def _sampling_kwargs(model: str, levels: int, overrides: dict) -> list[dict]:
@@ -387,7 +413,24 @@ def _save_level(level: int, zs: list[torch.Tensor], labels: list, sampling_kwarg
     print_once(f"Saved level {level} to {logdir}")
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: ``run`` through fire, refusing unknown ``--options`` before any work starts (fire alone
+    would sample with the defaults and only complain about a mistyped option afterwards)."""
     import fire
 
-    fire.Fire(run)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    known = set(inspect.signature(run).parameters) | {"help"}
+    for arg in argv:
+        if arg == "--":  # fire's own flags follow
+            break
+        if arg.startswith("--"):
+            flag = arg[2:].split("=", 1)[0].replace("-", "_")
+            if flag not in known and not (flag.startswith("no") and flag[2:] in known):
+                close = difflib.get_close_matches(flag, sorted(known), n=3)
+                hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+                raise ValueError(f"unknown option --{flag}{hint} (see `python jukebox/sample.py --help`)")
+    fire.Fire(run, command=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,7 @@ import shutil
 import signal
 import time
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import fire
 import numpy as np
@@ -52,13 +52,14 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from jukebox.hparams import Hyperparams, setup_hparams
-from jukebox.make_models import resolve_checkpoint_path
+from jukebox.data.data_processor import DataProcessor
+from jukebox.make_models import make_prior, make_vqvae, resolve_checkpoint_path
 from jukebox.utils.audio_utils import audio_postprocess, audio_preprocess
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 from jukebox.utils.dist_utils import (allgather, allreduce, barrier, get_world_size, print_once,
                                       setup_dist_from_mpi)
 from jukebox.utils.ema import EMA, default_mu
-from jukebox.utils.logger import Logger, Metrics, init_logging
+from jukebox.utils.logger import init_logging
 from jukebox.utils.torch_utils import (count_parameters, float16_params_to_float32, grad_norm,
                                        params_checksum, scale_grads, zero_grad)
 
@@ -158,9 +159,6 @@ class Trainer:
     """Holds the model, its DDP wrapper, optimiser, EMA, data and logs for one run; ``fit()`` runs it."""
 
     def __init__(self, hps: Hyperparams, device: torch.device, rank: int, local_rank: int):
-        from jukebox.data.data_processor import DataProcessor
-        from jukebox.make_models import make_prior, make_vqvae
-
         self.hps, self.device, self.rank, self.local_rank = hps, device, rank, local_rank
         self.amp = bool(hps.fp16) and device.type == "cuda"
         if hps.fp16 and not self.amp and rank == 0:
@@ -179,7 +177,6 @@ class Trainer:
             print_once(f"Parameters Prior: {count_parameters(self.model)}")
         else:
             self.model = vqvae
-        self.vqvae = vqvae
 
         # float16 weights (fp16_params) are trained as float32 and stored as float16 again.
         self.fp16_param_names = float16_params_to_float32(self.model) if hps.train else []
@@ -201,8 +198,10 @@ class Trainer:
 
         self.logger, self.metrics = init_logging(hps, rank)
         self.logger.iters = self.step
-        self._stop_signal: int | None = None
+        self._signal: int | None = None  # set by a signal handler on this rank
+        self._stopping = False  # agreed by all ranks: stop after the current step
         self._last_saved_step = self.step
+        self.exit_code = 0
 
     # -- checkpoints --------------------------------------------------------------------------
     @property
@@ -247,13 +246,12 @@ class Trainer:
                 group.update(betas=(hps.beta1, hps.beta2), eps=hps.eps, weight_decay=hps.weight_decay)
             if ckpt.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(ckpt["scaler"])
-        if not hps.reset_shd and ckpt.get("shd") is not None:
-            self.shd.load_state_dict(ckpt["shd"])
-        # The schedule continues at the global step, with the schedule hparams given now.
+        # The schedule continues where it stopped (from 0 with reset_shd), with the schedule hparams given now.
+        position = 0 if hps.reset_shd else int((ckpt.get("shd") or {}).get("last_epoch", self.step))
         self.shd.base_lrs = [hps.lr for _ in self.shd.base_lrs]
         for group in self.opt.param_groups:
             group["initial_lr"] = hps.lr
-        self.shd.last_epoch = self.step - 1
+        self.shd.last_epoch = position - 1
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.shd.step()
@@ -322,10 +320,8 @@ class Trainer:
         # One collective decides for every rank: skip this update? stop after it?
         finite = math.isfinite(gn)
         flags = allreduce(torch.tensor([0.0 if finite else 1.0, gn if finite else 0.0,
-                                        float(self._stop_signal is not None)], dtype=torch.float64), "max")
-        bad, gn, stop = bool(flags[0]), float(flags[1]), bool(flags[2])
-        if stop and self._stop_signal is None:
-            self._stop_signal = signal.SIGTERM
+                                        float(self._signal is not None)], dtype=torch.float64), "max")
+        bad, gn, self._stopping = bool(flags[0]), float(flags[1]), bool(flags[2])
         if bad or gn > hps.ignore_grad_norm > 0:
             zero_grad(self.model)
             if self.scaler.is_enabled():
@@ -355,8 +351,9 @@ class Trainer:
         short = (dict(l="loss", bpd="bpd", gn="gn") if hps.prior else
                  dict(l="loss", rl="recons_loss", sl="spectral_loss", e="entropy", u="usage", gn="gn"))
         for i, batch in self.logger.get_range(self.data.train_loader, desc=f"train {self.epoch}"):
-            if i >= hps.break_train or self.step >= hps.exit_train or self._stop_signal is not None:
+            if i >= hps.break_train or self.step >= hps.exit_train or self._stopping:
                 break
+            # Augmentation draws depend on (seed, rank, step) only, so a resumed run repeats them.
             torch.manual_seed(hash((hps.seed, self.rank, self.step)) % 2 ** 31)
             x, y = self._inputs(batch)
             log_io = self.step % hps.save_iters == 0
@@ -423,9 +420,9 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:
+        if self._signal is not None:
             raise KeyboardInterrupt
-        self._stop_signal = signum
+        self._signal = signum
         print_once(f"\nReceived signal {signum}: stopping after this step and saving checkpoint_latest")
 
     def _log_replica_checksums(self) -> None:
@@ -454,7 +451,7 @@ class Trainer:
                     averages = self.evaluate()
                     print_once(f"Test epoch {epoch} ({'EMA' if self.ema else 'model'}): "
                                + " ".join(f"{k}: {v:0.4f}" for k, v in averages.items()))
-                if self.step >= hps.exit_train or self._stop_signal is not None:
+                if self.step >= hps.exit_train or self._stopping:
                     break
                 self.epoch = epoch + 1
                 barrier()
@@ -472,7 +469,9 @@ class Trainer:
                 self.save(with_step=False)
             self._log_replica_checksums()
         self.logger.close()
-        return 0 if self._stop_signal is None else 128 + int(self._stop_signal)
+        if self._stopping:
+            return 128 + int(self._signal or signal.SIGTERM)  # another rank was signalled
+        return 0
 
 
 def main(hps: str | tuple[str, ...] = "teeny", port: int = 29500, **overrides: Any) -> Trainer:

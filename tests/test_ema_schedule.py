@@ -172,3 +172,25 @@ def test_metrics_average_by_batch_and_logger_writes_jsonl(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines == [{"step": 1, "split": "train", "loss": 1.5}]
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run").iterdir())
+
+
+def test_grad_norm_clipping_helpers_and_checksum():
+    from jukebox.utils.torch_utils import grad_norm, params_checksum, scale_grads, float16_params_to_float32
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    assert grad_norm([a, b]) == pytest.approx(5.0)
+    scale_grads([a, b], 0.5)
+    assert grad_norm([a, b]) == pytest.approx(2.5)
+    b.grad = torch.tensor([float("inf")])
+    assert grad_norm([a, b]) == float("inf")
+
+    model = torch.nn.Linear(3, 2)
+    model.weight.data = model.weight.data.half()
+    assert float16_params_to_float32(model) == ["weight"] and model.weight.dtype == torch.float32
+    same = torch.nn.Linear(3, 2)
+    same.load_state_dict(model.state_dict())
+    assert torch.equal(params_checksum(model), params_checksum(same))
+    with torch.no_grad():
+        same.weight[0, 0], same.weight[0, 1] = same.weight[0, 1].clone(), same.weight[0, 0].clone()
+    assert not torch.equal(params_checksum(model), params_checksum(same))

@@ -19,6 +19,7 @@ from conftest import DATA, REPO
 PYTHON = sys.executable
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 TRAIN = str(REPO / "jukebox" / "train.py")
+SCRIPTS = REPO / "scripts"
 
 # small_vqvae scaled down on the command line; lr warm-up short enough for a few dozen steps.
 TINY_VQVAE = ["--hps=small_vqvae", "--sample_length=8192", "--bs=2", f"--audio_files_dir={DATA / 'music'}",
@@ -28,7 +29,8 @@ MPI_STEPS = 30
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "JUKEBOX_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "JUKEBOX_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "PYTHON": PYTHON, "MPIEXEC": MPIEXEC}
 
 
 def _start(cmd: list[str], tmp: Path) -> subprocess.Popen:
@@ -79,8 +81,9 @@ def _load(path: Path) -> dict:
 def mpi_run(tmp_path_factory):
     """Two ranks train the tiny VQ-VAE for MPI_STEPS steps, saving every 10."""
     tmp = tmp_path_factory.mktemp("mpi_train")
-    cmd = [MPIEXEC, "-n", "2", PYTHON, TRAIN, "--name=mpi", *TINY_VQVAE, f"--local_logdir={tmp / 'logs'}",
-           f"--exit_train={MPI_STEPS}", "--save_iters=10"]
+    # The README's command through its launch script, scaled down by overrides (the last value wins).
+    cmd = ["bash", str(SCRIPTS / "train_vqvae.sh"), str(DATA / "music"), "2", "--name=mpi", *TINY_VQVAE,
+           f"--local_logdir={tmp / 'logs'}", f"--exit_train={MPI_STEPS}", "--save_iters=10"]
     code, out = _run(cmd, tmp, timeout=240)
     assert code == 0, out[-4000:]
     return tmp, tmp / "logs" / "mpi", out
@@ -215,7 +218,8 @@ def test_prior_trains_on_frozen_vqvae_codes_and_resumes(mpi_run):
              "--level=1", "--weight_decay=0.01", f"--restore_vqvae={vqvae_dir / 'checkpoint_latest.pth.tar'}",
              "--n_ctx=32", "--blocks=8", "--prior_width=32", "--prior_depth=2", "--break_test=2",
              "--cpu_ema_freq=2", f"--local_logdir={tmp / 'logs'}"]
-    code, out = _run([PYTHON, TRAIN, "--name=prior", *prior, "--exit_train=4", "--save_iters=2"], tmp, timeout=180)
+    code, out = _run(["bash", str(SCRIPTS / "train_prior.sh"), str(DATA / "music"), "1", "--name=prior", *prior,
+                      "--exit_train=4", "--save_iters=2"], tmp, timeout=180)
     assert code == 0, out[-4000:]
     assert "fp16/all_fp16 needs a CUDA device" in out and "float16 parameters" in out
     logdir = tmp / "logs" / "prior"
@@ -238,3 +242,60 @@ def test_prior_trains_on_frozen_vqvae_codes_and_resumes(mpi_run):
     resumed = _load(tmp / "logs" / "prior_resumed" / "checkpoint_latest.pth.tar")
     assert resumed["step"] == 6 and resumed["ema"]["steps"] == 6
     assert all(int(s["step"]) == 6 for s in resumed["opt"]["state"].values())
+
+
+# The README's training commands (flags after `jukebox/train.py`), with {audio} for the audio folder.
+README_COMMANDS = {
+    "train_vqvae.sh": "--hps=small_vqvae --name=small_vqvae --sample_length=262144 --bs=4 --audio_files_dir={audio} "
+                      "--labels=False --train --aug_shift --aug_blend",
+    "train_prior.sh": "--hps=small_vqvae,small_prior,all_fp16,cpu_ema --name=small_prior --sample_length=2097152 "
+                      "--bs=4 --audio_files_dir={audio} --labels=False --train --test --aug_shift --aug_blend "
+                      "--restore_vqvae=logs/small_vqvae/checkpoint_latest.pth.tar --prior --levels=2 --level=1 "
+                      "--weight_decay=0.01 --save_iters=1000",
+    "train_upsampler.sh": "--hps=small_vqvae,small_upsampler,all_fp16,cpu_ema --name=small_upsampler "
+                          "--sample_length=262144 --bs=4 --audio_files_dir={audio} --labels=False --train --test "
+                          "--aug_shift --aug_blend --restore_vqvae=logs/small_vqvae/checkpoint_latest.pth.tar --prior "
+                          "--levels=2 --level=0 --weight_decay=0.01 --save_iters=1000",
+    "train_pretrained_vqvae_prior.sh": "--hps=vqvae,small_prior,all_fp16,cpu_ema --name=pretrained_vqvae_small_prior "
+                                       "--sample_length=1048576 --bs=4 --aug_shift --aug_blend "
+                                       "--audio_files_dir={audio} --labels=False --train --test --prior --levels=3 "
+                                       "--level=2 --weight_decay=0.01 --save_iters=1000",
+    "train_labelled_prior.sh": "--hps=vqvae,small_labelled_prior,all_fp16,cpu_ema "
+                               "--name=pretrained_vqvae_small_prior_labels --sample_length=1048576 --bs=4 --aug_shift "
+                               "--aug_blend --audio_files_dir={audio} --labels=True --train --test --prior --levels=3 "
+                               "--level=2 --weight_decay=0.01 --save_iters=1000",
+    "train_single_enc_dec_prior.sh": "--hps=vqvae,small_single_enc_dec_prior,all_fp16,cpu_ema "
+                                     "--name=pretrained_vqvae_small_single_enc_dec_prior_labels "
+                                     "--sample_length=786432 --bs=4 --aug_shift --aug_blend --audio_files_dir={audio} "
+                                     "--labels=True --train --test --prior --levels=3 --level=2 --weight_decay=0.01 "
+                                     "--save_iters=1000",
+    "train_sep_enc_dec_prior.sh": "--hps=vqvae,small_sep_enc_dec_prior,all_fp16,cpu_ema "
+                                  "--name=pretrained_vqvae_small_sep_enc_dec_prior_labels "
+                                  "--sample_length=786432 --bs=4 --aug_shift --aug_blend --audio_files_dir={audio} "
+                                  "--labels=True --train --test --prior --levels=3 --level=2 --weight_decay=0.01 "
+                                  "--save_iters=1000",
+    "finetune_1b_lyrics.sh": "--hps=vqvae,prior_1b_lyrics,all_fp16,cpu_ema --name=finetuned --sample_length=1048576 "
+                             "--bs=1 --aug_shift --aug_blend --audio_files_dir={audio} --labels=True --train --test "
+                             "--prior --levels=3 --level=2 --weight_decay=0.01 --save_iters=1000",
+    "anneal_prior.sh": "--hps=small_vqvae,small_prior,all_fp16,cpu_ema --name=small_prior --sample_length=2097152 "
+                       "--bs=4 --audio_files_dir={audio} --labels=False --train --test --aug_shift --aug_blend "
+                       "--restore_vqvae=logs/small_vqvae/checkpoint_latest.pth.tar --prior --levels=2 --level=1 "
+                       "--weight_decay=0.01 --save_iters=1000 --restore_prior=logs/small_prior/checkpoint_latest.pth.tar "
+                       "--lr_use_linear_decay --lr_start_linear_decay=5000 --lr_decay=2000",
+}
+
+
+@pytest.mark.parametrize("script", sorted(README_COMMANDS))
+def test_launch_scripts_run_the_readme_commands(script, tmp_path):
+    audio = DATA / "music"
+    extra = ["5000", "2000"] if script == "anneal_prior.sh" else []
+    out = subprocess.run(["bash", str(SCRIPTS / script), str(audio), "3", *extra, "--seed=7"], env={
+        **_env(tmp_path), "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    assert out[:5] == [MPIEXEC, "-n", "3", PYTHON, "jukebox/train.py"]
+    assert out[5:] == README_COMMANDS[script].format(audio=audio).split() + ["--seed=7"]
+
+
+def test_launch_scripts_reject_a_missing_audio_folder(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPTS / "train_vqvae.sh"), str(tmp_path / "nowhere")],
+                          env={**_env(tmp_path), "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

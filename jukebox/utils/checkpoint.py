@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from jukebox.hparams import Hyperparams
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "strip_module_prefix", "load_state_dict_checked"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "strip_module_prefix", "state_dict_problems",
+           "load_state_dict_checked"]
 
 _MODULE_PREFIX = "module."
 # How torch's weights-only unpickler names a global it refuses (zip and legacy formats word it differently).
@@ -100,11 +101,9 @@ def _listing(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """``model.load_state_dict`` after checking that keys and shapes match exactly; any missing
-    or unexpected key and any shape mismatch is reported by name in one :class:`CheckpointError`."""
-    state_dict = strip_module_prefix(state_dict)
-    expected = model.state_dict()
+def state_dict_problems(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches of ``state_dict`` against ``expected``, in words
+    (empty when it fits)."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)})"
@@ -117,6 +116,14 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         problems.append(f"unexpected keys: {_listing(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches: {_listing(mismatched)}")
+    return problems
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``model.load_state_dict`` after checking that keys and shapes match exactly; any missing
+    or unexpected key and any shape mismatch is reported by name in one :class:`CheckpointError`."""
+    state_dict = strip_module_prefix(state_dict)
+    problems = state_dict_problems(model.state_dict(), state_dict)
     if problems:
         raise CheckpointError(f"checkpoint does not fit {type(model).__name__} (were the hps the same as when it "
                               f"was saved?): " + "; ".join(problems))

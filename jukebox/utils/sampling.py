@@ -39,6 +39,9 @@ def level_lengths(prior: Any, sample_length: int, hop_fraction: Sequence[float],
     hop_length = int(hop_fraction[level] * prior.n_ctx)
     if hop_length <= 0:
         raise ValueError(f"hop_fraction[{level}]={hop_fraction[level]} gives an empty hop for n_ctx {prior.n_ctx}")
+    if hop_length > prior.n_ctx:  # windows would leave gaps between them
+        raise ValueError(f"hop_fraction[{level}]={hop_fraction[level]} is more than 1: windows of n_ctx "
+                         f"{prior.n_ctx} would not cover the song; use a fraction in (0, 1]")
     return sample_length // prior.raw_to_tokens, hop_length
 
 

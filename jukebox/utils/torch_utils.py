@@ -59,7 +59,7 @@ def grad_norm(params: Iterable[torch.Tensor]) -> float:
     grads = _grads(params)
     if not grads:
         return 0.0
-    norms = torch._foreach_norm(grads) if len(grads) > 1 else [grads[0].norm()]
+    norms = torch._foreach_norm(grads)
     return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
 
 
@@ -75,7 +75,7 @@ def float16_params_to_float32(model: nn.Module) -> list[str]:
 
     Models built with ``fp16_params`` store the transformer weights in float16, as the released
     checkpoints do. Optimisers and gradient scalers need float32 master weights, so training
-    converts them and casts them back to float16 when saving (see ``cast_state_dict``).
+    converts them and casts them back to float16 when saving (``jukebox.train.Trainer.checkpoint_state``).
     """
     names = []
     for name, p in model.named_parameters():
@@ -86,7 +86,8 @@ def float16_params_to_float32(model: nn.Module) -> list[str]:
 
 
 def params_checksum(model: nn.Module) -> torch.Tensor:
-    """Two float64 fingerprints of all parameters and buffers, ``(2,)``: sum and weighted sum.
+    """Two float64 fingerprints of all parameters and buffers, ``(2,)``: their plain sum and a sum
+    weighted by position, so that swapped values change it too.
 
     Equal models give equal checksums bit for bit; used to check that data-parallel replicas agree.
     """
@@ -95,5 +96,5 @@ def params_checksum(model: nn.Module) -> torch.Tensor:
         if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
             flat = t.detach().double().flatten().cpu()
             total[0] += flat.sum()
-            total[1] += (flat * (i + 1)).sum() + (flat * torch.arange(flat.numel(), dtype=torch.float64)).sum() * 1e-7
+            total[1] += (flat * torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64)).sum() * (i + 1)
     return total

@@ -1,0 +1,267 @@
+"""Faults: processes killed mid-work, failing disks, failing MPI ranks. Nothing finished may be lost, a rerun of
+the same command continues where the work stopped, and a broken job ends in bounded time with a clear error.
+
+Sampling runs the tiny model of test_sample_e2e in subprocesses (alone and under ``mpiexec -n 2``); windows are
+slowed down there (by the runner, not the library) so that SIGKILL lands in the middle of a level.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import IDS_DIR, REPO
+from jukebox import sample
+from jukebox.utils import checkpoint
+from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
+from tiny_model import COMMON, SR, TOKENS, tiny_model
+
+pytestmark = pytest.mark.slow
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+RUNNER = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+import torch
+import test_sample_e2e
+from jukebox.utils import sampling
+
+test_sample_e2e._register(Path({root!r}))
+torch.set_num_threads(1)
+rank = os.environ.get("PMI_RANK", "0")
+Path(f"runner_{{rank}}.pid").write_text(str(os.getpid()))
+real = sampling.sample_window
+delay = float(os.environ.get("WINDOW_DELAY", "0"))
+
+def logged(zs, labels, kwargs, level, *args, **kw):
+    time.sleep(delay)
+    with open(f"windows_{{rank}}.log", "a") as f:
+        f.write(f"{{level}}\\n")
+    return real(zs, labels, kwargs, level, *args, **kw)
+
+sampling.sample_window = logged
+from jukebox.sample import main
+main()
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    with tiny_model(tmp_path_factory.mktemp("faults")) as root:
+        (root / "runner.py").write_text(RUNNER.format(tests=str(REPO / "tests"), root=str(root)))
+        yield root
+
+
+def _reference(tiny: Path, name: str, seed: int) -> list[torch.Tensor]:
+    """The codes of an uninterrupted run in this process."""
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.chdir(tiny)
+        if not (tiny / name / "level_0" / "data.pth.tar").exists():
+            sample.run(**{**COMMON, "name": name, "seed": seed})
+    finally:
+        mp.undo()
+    return load_checkpoint(tiny / name / "level_0" / "data.pth.tar")["zs"]
+
+
+def _command(name: str, seed: int, ranks: int = 1) -> list[str]:
+    args = [sys.executable, "runner.py", "--model=tiny_test", f"--name={name}", "--levels=3",
+            "--sample_length_in_seconds=0.25", "--total_sample_length_in_seconds=2", f"--sr={SR}",
+            f"--n_samples={COMMON['n_samples']}", "--hop_fraction=0.5,0.5,0.5", "--fp16=False",
+            f"--ids_dir={IDS_DIR}", f"--seed={seed}"]
+    return ([str(MPIEXEC), "-n", str(ranks)] if ranks > 1 else []) + args
+
+
+def _progress(path: Path) -> tuple[int, int] | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    return state["level"], state["windows_done"]
+
+
+WINDOWS = {2: 3, 1: 7, 0: 15}  # windows of each level of the tiny model at these lengths
+
+
+def _windows_after(level: int, done: int) -> list[int]:
+    """The levels of the windows still to sample after ``done`` windows of ``level``."""
+    return [level] * (WINDOWS[level] - done) + [lower for lower in range(level - 1, -1, -1)
+                                                for _ in range(WINDOWS[lower])]
+
+
+def _kill(tiny: Path, cmd: list[str], progress_files: list[Path], victim: str, when,
+          timeout_s: float = 120.0) -> list[tuple[int, int]]:
+    """Start ``cmd`` with slow windows, SIGKILL process ``victim`` (a pid file) once ``when(level, windows_done)``
+    holds for every progress file, and return the progress seen then."""
+    proc = subprocess.Popen(cmd, cwd=tiny, env={**ENV, "WINDOW_DELAY": "0.15"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            seen = [_progress(p) for p in progress_files]
+            if all(s is not None and when(*s) for s in seen):
+                os.kill(int((tiny / victim).read_text()), signal.SIGKILL)
+                proc.wait(timeout=60)
+                assert proc.returncode != 0
+                return seen
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed:\n{proc.stdout.read().decode()[-3000:]}")
+            time.sleep(0.05)
+        pytest.fail("the run never reached the point to kill it at")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return []
+
+
+def _windows_run(tiny: Path, rank: int = 0) -> list[int]:
+    log = tiny / f"windows_{rank}.log"
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def _rerun(tiny: Path, cmd: list[str]) -> str:
+    for log in tiny.glob("windows_*.log"):
+        log.unlink()
+    result = subprocess.run(cmd, cwd=tiny, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
+    expected = _reference(tiny, "reference_7", seed=7)
+    cmd = _command("killed", seed=7)
+    [(level, done)] = _kill(tiny, cmd, [tiny / "killed" / "progress.pth.tar"], "runner_0.pid",
+                            when=lambda level, done: level == 1 and 2 <= done < 6)
+    state = load_checkpoint(tiny / "killed" / "progress.pth.tar")  # the file survives the kill intact
+    assert state["level"] == 1 and state["windows_done"] >= done
+    assert (tiny / "killed" / "level_2" / "data.pth.tar").is_file() and not (tiny / "killed" / "level_1").exists()
+
+    out = _rerun(tiny, cmd)
+    assert f"Resuming {Path('killed') / 'progress.pth.tar'}: level 1, after {state['windows_done']} windows" in out
+    assert _windows_run(tiny) == _windows_after(1, state["windows_done"])  # nothing finished is redone
+    assert "http.server --bind 127.0.0.1" in out
+    got = load_checkpoint(tiny / "killed" / "level_0" / "data.pth.tar")["zs"]
+    assert [tuple(z.shape) for z in got] == [(2, t) for t in TOKENS]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not (tiny / "killed" / "progress.pth.tar").exists()
+    for level in range(3):  # every output loads without unpickling anything but tensors and containers
+        path = tiny / "killed" / f"level_{level}" / "data.pth.tar"
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
+def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
+    expected = [_reference(tiny, f"reference_{seed}", seed=seed) for seed in (7, 8)]  # rank r samples seed + r
+    cmd = _command("mpi", seed=7, ranks=2)
+    files = [tiny / f"mpi_rank_{rank}" / "progress.pth.tar" for rank in range(2)]
+    # rank 0 dies once both ranks have finished a window; the launcher must take rank 1 down with it
+    _kill(tiny, cmd, files, "runner_0.pid", when=lambda level, done: level < 2 or done >= 1)
+    states = [load_checkpoint(path) for path in files]
+
+    _rerun(tiny, cmd)
+    for rank, state in enumerate(states):
+        assert _windows_run(tiny, rank) == _windows_after(state["level"], state["windows_done"])
+        got = load_checkpoint(tiny / f"mpi_rank_{rank}" / "level_0" / "data.pth.tar")["zs"]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected[rank]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Failing writes
+# ---------------------------------------------------------------------------------------------
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_latest.pth.tar"
+    save_checkpoint(path, dict(model={"w": torch.ones(3)}, step=10))
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # part of the data reaches the temporary file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        save_checkpoint(path, dict(model={"w": torch.zeros(3)}, step=20))
+    assert path.read_bytes() == before and load_checkpoint(path)["step"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
+
+
+def test_failed_fsync_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "progress.pth.tar"
+    save_checkpoint(path, dict(step=1))
+
+    def io_error(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", io_error)
+    with pytest.raises(OSError, match="Input/output error"):
+        save_checkpoint(path, dict(step=2))
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_unwritable_sampling_folder_fails_before_any_work(tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built although its outputs cannot be written")
+
+    monkeypatch.setattr(sample, "make_model", no_model)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=r"cannot create the output folder 'a_file/out'.*pass another --name"):
+        sample.run(**{**COMMON, "name": "a_file/out"})
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    monkeypatch.setattr(sample.os, "access", lambda path, mode: not str(path).startswith("locked"))  # root may write
+    with pytest.raises(PermissionError, match=r"the output folder 'locked' is not writable"):
+        sample.run(**{**COMMON, "name": "locked"})
+
+
+# ---------------------------------------------------------------------------------------------
+# A failing MPI rank
+# ---------------------------------------------------------------------------------------------
+FAILING_RANK = """
+import os, signal, sys, time
+from jukebox.utils.dist_utils import barrier, setup_dist_from_mpi
+
+rank, _, _ = setup_dist_from_mpi(port=0)
+barrier()
+if rank == 1:
+    if sys.argv[1] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError("rank 1 failed on purpose")
+time.sleep(0.5)
+barrier()  # rank 0 waits here for a rank that is gone (gloo's own timeout is 600 s)
+print("rank 0 got past the barrier", flush=True)
+"""
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
+@pytest.mark.parametrize("failure", ["raise", "kill"])
+def test_one_failing_rank_ends_the_whole_job(tmp_path, failure):
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    start = time.monotonic()
+    result = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(script), failure], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert time.monotonic() - start < 60, "the surviving rank hung"
+    assert "got past the barrier" not in output
+    if failure == "raise":
+        assert "rank 1 failed on purpose" in output  # the traceback reaches the user before the abort
