@@ -12,7 +12,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import Template
@@ -22,6 +21,7 @@ import numpy as np
 import soundfile
 import torch
 from PIL import Image
+from jukebox.utils.atomic import atomic_write
 
 __all__ = ["save_html", "alignment_frames", "script_json"]
 
@@ -142,15 +142,8 @@ def script_json(obj: Any) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the files from a web server
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def _to_numpy(a: Any) -> np.ndarray:

@@ -62,6 +62,7 @@ from jukebox.utils.ema import EMA, default_mu
 from jukebox.utils.logger import init_logging
 from jukebox.utils.torch_utils import (count_parameters, float16_params_to_float32, grad_norm,
                                        params_checksum, scale_grads, zero_grad)
+from jukebox.utils.atomic import atomic_write
 
 __all__ = ["lr_multiplier", "make_optimizer", "make_ema", "make_ddp", "plain_hps", "Trainer", "main", "run"]
 
@@ -287,9 +288,8 @@ class Trainer:
         if with_step:
             stepped = os.path.join(self.logdir, f"checkpoint_step_{self.step}.pth.tar")
             save_checkpoint(stepped, self.checkpoint_state())
-            tmp = f"{latest}.{os.getpid()}.tmp"
-            shutil.copyfile(stepped, tmp)
-            os.replace(tmp, latest)
+            with open(stepped, "rb") as src, atomic_write(latest, fsync=True) as dst:
+                shutil.copyfileobj(src, dst)
         else:
             save_checkpoint(latest, self.checkpoint_state())
 

@@ -29,7 +29,7 @@ vqvae() {
 prior() {  # prior <level> <hparams set> <sample_length>
     $MPI $PY jukebox/train.py --hps=demo_small_vqvae,"$2" --name="demo_prior_level_$1" \
         --restore_vqvae="$VQ_CKPT" --prior --levels=3 --level="$1" --sample_length="$3" --bs=4 \
-        --lr=0.0005 --weight_decay=0.01 --exit_train="$PRIOR_STEPS" "${COMMON[@]}" \
+        --lr=0.001 --weight_decay=0.01 --exit_train="$PRIOR_STEPS" "${COMMON[@]}" \
         $(resume "demo_prior_level_$1" prior)
 }
 
@@ -41,11 +41,11 @@ export_weights() {  # the EMA weights of each stage, float16, into the package
 
 case "${1:-all}" in
     vqvae) vqvae ;;
-    prior_2) prior 2 demo_small_prior 32768 ;;
-    prior_1) prior 1 demo_small_upsampler 8192 ;;
-    prior_0) prior 0 demo_small_upsampler 2048 ;;
+    prior_2) prior 2 demo_small_prior 65536 ;;
+    prior_1) prior 1 demo_small_upsampler 16384 ;;
+    prior_0) prior 0 demo_small_upsampler 4096 ;;
     export) export_weights ;;
-    all) vqvae; prior 2 demo_small_prior 32768; prior 1 demo_small_upsampler 8192;
-         prior 0 demo_small_upsampler 2048; export_weights ;;
+    all) vqvae; prior 2 demo_small_prior 65536; prior 1 demo_small_upsampler 16384;
+         prior 0 demo_small_upsampler 4096; export_weights ;;
     *) echo "usage: $0 [vqvae|prior_2|prior_1|prior_0|export|all]" >&2; exit 2 ;;
 esac

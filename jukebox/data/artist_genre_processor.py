@@ -14,12 +14,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from jukebox.utils.remote import cache_dir
+from jukebox.utils.atomic import atomic_write
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _UNDERSCORES = re.compile(r"_+")
@@ -65,14 +65,8 @@ def reverse_table(ids: Mapping[str, int]) -> dict[int, str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_id_tables(metadata: Iterable[Mapping[str, str]], out_dir: str | os.PathLike, v3: bool = True) -> dict[str, Path]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +31,7 @@ from torch.utils.data import Dataset
 from jukebox.utils.dist_utils import barrier, get_rank, print_once
 from jukebox.utils.io import AudioReadError, audio_info, load_audio, scan_audio
 from jukebox.utils.remote import cache_dir
+from jukebox.utils.atomic import atomic_write
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioFileSkipped", "FilesAudioDataset", "dataset_cache_file"]
 
@@ -74,16 +74,8 @@ def read_json(path: Path) -> dict:
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; other users of the data read the cache too
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
 
 
 def find_audio_files(root: Path) -> list[Path]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from jukebox.hparams import Hyperparams
+from jukebox.utils.atomic import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "strip_module_prefix", "state_dict_problems",
            "load_state_dict_checked"]
@@ -42,20 +42,8 @@ def _plain(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(_plain(dict(state)), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, fsync=True) as f:
+        torch.save(_plain(dict(state)), f)
 
 
 def strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:

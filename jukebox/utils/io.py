@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +21,7 @@ import av
 import librosa
 import numpy as np
 import soundfile as sf
+from jukebox.utils.atomic import atomic_write
 
 __all__ = [
     "AudioReadError", "AudioInfo", "AudioScan", "audio_info", "get_duration_sec", "scan_audio",
@@ -331,16 +331,8 @@ def _to_numpy(audio: Any) -> np.ndarray:
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray, sr: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, np.clip(audio, -1.0, 1.0), samplerate=sr, format="WAV", subtype="PCM_16")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        sf.write(f, np.clip(audio, -1.0, 1.0), samplerate=sr, format="WAV", subtype="PCM_16")
 
 
 def save_wav(path: str | os.PathLike, audio: Any, sr: int) -> list[Path]:

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from jukebox.utils.dist_utils import allreduce, get_rank, print_once
+from jukebox.utils.atomic import atomic_write
 
 __all__ = ["Logger", "Metrics", "init_logging"]
 
@@ -150,10 +151,8 @@ def init_logging(hps: Mapping[str, Any], rank: int | None = None) -> tuple[Logge
     logdir = os.path.join(hps.get("local_logdir") or "logs", hps["name"])
     logger = Logger(logdir, rank)
     if logger.rank == 0:
-        tmp = os.path.join(logdir, "argv.txt.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(os.path.join(logdir, "argv.txt"), "w", encoding="utf-8") as f:
             f.write(str(hps.get("argv", "")) + "\n")
-        os.replace(tmp, os.path.join(logdir, "argv.txt"))
         logger.add_text("hps", _describe(hps))
         print_once(f"Logging to {logdir}")
     return logger, Metrics()
