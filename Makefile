@@ -24,5 +24,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# A few seconds of music from the bundled demo model (jukebox/models/demo), all three levels, on CPU.
+SAMPLE_DIR ?= samples/demo
+SAMPLE_SECONDS ?= 4
+SEED ?= 0
+sample: $(STAMP)
+	$(PY) jukebox/sample.py --model=demo --name=$(SAMPLE_DIR) --levels=3 --sr=22050 \
+		--sample_length_in_seconds=$(SAMPLE_SECONDS) --total_sample_length_in_seconds=$(SAMPLE_SECONDS) \
+		--n_samples=2 --hop_fraction=0.5,0.5,0.5 --fp16=False --seed=$(SEED)
+	@echo "Wav files: $(SAMPLE_DIR)/level_0/item_*.wav (final audio; level_1 and level_2 hold the coarser levels)"
+	@echo "Web page:  $(SAMPLE_DIR)/level_0/index.html"
+	@echo "Serve it:  cd $(SAMPLE_DIR) && $(CURDIR)/$(PY) -m http.server --bind 127.0.0.1 8000, then open http://127.0.0.1:8000/level_0/index.html"
+
 clean:
 	rm -rf $(VENV)

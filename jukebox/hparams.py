@@ -275,12 +275,12 @@ demo_small_vqvae = _register(
 )
 demo_small_prior = _register(
     "demo_small_prior",
-    n_ctx=512, prior_width=256, prior_depth=6, heads=2, attn_order=2, blocks=32, init_scale=0.7,
+    sr=22050, n_ctx=512, prior_width=256, prior_depth=6, heads=2, attn_order=2, blocks=32, init_scale=0.7,
     c_res=1, labels=False,
 )
 demo_small_upsampler = _register(
     "demo_small_upsampler",
-    n_ctx=512, prior_width=128, prior_depth=4, heads=2, attn_order=2, blocks=32, init_scale=0.7,
+    sr=22050, n_ctx=512, prior_width=128, prior_depth=4, heads=2, attn_order=2, blocks=32, init_scale=0.7,
     c_res=1, labels=False, cond_width=64, cond_depth=2, cond_dilation_growth_rate=3,
     cond_dilation_cycle=8, cond_c_res=1,
 )

@@ -27,6 +27,8 @@ MODELS: dict[str, tuple[str, ...]] = {
     "5b": ("vqvae", "upsampler_level_0", "upsampler_level_1", "prior_5b"),
     "5b_lyrics": ("vqvae", "upsampler_level_0", "upsampler_level_1", "prior_5b_lyrics"),
     "1b_lyrics": ("vqvae", "upsampler_level_0", "upsampler_level_1", "prior_1b_lyrics"),
+    # small unconditioned model bundled in jukebox/models/demo (scripts/train_demo.sh; see its MODEL_CARD.md)
+    "demo": ("demo_vqvae", "demo_upsampler_level_0", "demo_upsampler_level_1", "demo_prior"),
 }
 
 

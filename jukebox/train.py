@@ -59,7 +59,7 @@ from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 from jukebox.utils.dist_utils import (allgather, allreduce, barrier, get_world_size, print_once,
                                       setup_dist_from_mpi)
 from jukebox.utils.ema import EMA, default_mu
-from jukebox.utils.logger import init_logging
+from jukebox.utils.logger import init_logging, make_logdir
 from jukebox.utils.torch_utils import (count_parameters, float16_params_to_float32, grad_norm,
                                        params_checksum, scale_grads, zero_grad)
 from jukebox.utils.atomic import atomic_write
@@ -477,6 +477,7 @@ class Trainer:
 def main(hps: str | tuple[str, ...] = "teeny", port: int = 29500, **overrides: Any) -> Trainer:
     """Parse hparams, set up the process group, build everything and train. Returns the trainer."""
     hps = setup_hparams(hps, overrides)  # before any rendezvous: a typo fails fast on every rank
+    make_logdir(hps)  # an unwritable log folder, too, fails before the data and models are prepared
     rank, local_rank, device = setup_dist_from_mpi(port=port)
     hps.ngpus = get_world_size()
     hps.argv = " ".join(sys.argv)

@@ -50,6 +50,17 @@ def test_unknown_hparams_set_or_key_is_named_with_the_closest_ones():
         setup_hparams("small_vqvae", dict(sample_lenght=1024))
 
 
+def test_unknown_train_hps_set_or_key_fails_before_any_work(tmp_path, monkeypatch):
+    from jukebox import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnknownHparamError, match="unknown hparams set 'smal_vqvae'.*small_vqvae"):
+        train.main("smal_vqvae", name="run")
+    with pytest.raises(UnknownHparamError, match="unknown hyperparameter 'sample_lenght'.*sample_length"):
+        train.main("small_vqvae", name="run", sample_lenght=8192)
+    assert not (tmp_path / "logs").exists()
+
+
 def test_unknown_sample_option_is_named_before_any_work(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"unknown option --sampel_length_in_seconds; did you mean "

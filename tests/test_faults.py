@@ -7,12 +7,15 @@ slowed down there (by the runner, not the library) so that SIGKILL lands in the 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,8 +25,6 @@ from jukebox import sample
 from jukebox.utils import checkpoint
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 from tiny_model import COMMON, SR, TOKENS, tiny_model
-
-pytestmark = pytest.mark.slow
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -143,6 +144,7 @@ def _rerun(tiny: Path, cmd: list[str]) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
     expected = _reference(tiny, "reference_7", seed=7)
     cmd = _command("killed", seed=7)
@@ -165,6 +167,7 @@ def test_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
         assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
 def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
     expected = [_reference(tiny, f"reference_{seed}", seed=seed) for seed in (7, 8)]  # rank r samples seed + r
@@ -179,6 +182,92 @@ def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
         assert _windows_run(tiny, rank) == _windows_after(state["level"], state["windows_done"])
         got = load_checkpoint(tiny / f"mpi_rank_{rank}" / "level_0" / "data.pth.tar")["zs"]
         assert all(torch.equal(a, b) for a, b in zip(got, expected[rank]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training killed at random moments
+# ---------------------------------------------------------------------------------------------
+# Once the file "hold_writes" exists, the runner (Linux: /proc) holds the next checkpoint write (and says so in "in_write") so
+# that one kill lands in the middle of it: the temporary file is written but has not replaced its target yet.
+TRAIN_RUNNER = """
+import os, time
+from pathlib import Path
+
+real_fsync = os.fsync
+
+def held_fsync(fd):
+    writing = os.readlink(f"/proc/self/fd/{fd}")  # a checkpoint's temporary file, not e.g. TensorBoard's
+    if Path("hold_writes").exists() and writing.endswith(".tmp"):
+        Path("in_write").touch()
+        time.sleep(120)
+    real_fsync(fd)
+
+os.fsync = held_fsync
+import fire
+import jukebox.train as train
+fire.Fire(train.run)
+"""
+SAVE_ITERS = 2
+
+
+def _train_records(logdir: Path, skip: int) -> list[int]:
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()[skip:] if (logdir / "metrics.jsonl").exists() else []
+    return [r["step"] for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the runner finds file names through /proc")
+def test_training_killed_at_random_moments_resumes_from_the_last_checkpoint(tmp_path):
+    from test_train import TINY_VQVAE  # the scaled-down small_vqvae of the training tests
+
+    (tmp_path / "runner.py").write_text(TRAIN_RUNNER)
+    logdir = tmp_path / "logs" / "run"
+    latest = logdir / "checkpoint_latest.pth.tar"
+    env = {**ENV, "JUKEBOX_CACHE": str(tmp_path / "cache")}
+    rng = random.Random()
+    saved_step = 0
+    # how each run ends: killed some time into its steps, killed inside a checkpoint write, stopped by Ctrl-C
+    for run, how in enumerate(["kill_random", "kill_in_write", "sigint"]):
+        cmd = [sys.executable, "runner.py", "--name=run", *TINY_VQVAE, "--local_logdir=logs", "--exit_train=100000",
+               f"--save_iters={SAVE_ITERS}", "--log_steps=1"]
+        if run:
+            cmd.append(f"--restore_vqvae={latest}")
+        seen = len((logdir / "metrics.jsonl").read_text().splitlines()) if run else 0
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while len(_train_records(logdir, seen)) <= SAVE_ITERS:  # past this run's first checkpoint
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+                time.sleep(0.05)
+            if how == "kill_in_write":
+                (tmp_path / "hold_writes").touch()
+                while not (tmp_path / "in_write").exists():
+                    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+                    time.sleep(0.05)
+            else:
+                time.sleep(rng.uniform(0.0, 1.5))
+            proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+            out = proc.communicate(timeout=60)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        steps = _train_records(logdir, seen)
+        if run:
+            assert f"Resuming at step {saved_step}" in out, out[-3000:]
+        assert steps[0] == saved_step + 1 and steps == list(range(steps[0], steps[-1] + 1)), (how, steps)
+        state = load_checkpoint(latest)  # whatever the moment of the kill, the checkpoint loads
+        assert steps[-1] - SAVE_ITERS <= state["step"] <= steps[-1], (how, steps, state["step"])
+        if how == "kill_in_write":
+            assert list(logdir.glob(".checkpoint_*.tmp")), "the kill missed the checkpoint write"
+            (tmp_path / "hold_writes").unlink()
+        if how == "sigint":
+            assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+            assert "Received signal" in out and state["step"] == steps[-1]  # nothing lost
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        saved_step = state["step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +321,48 @@ def test_unwritable_sampling_folder_fails_before_any_work(tmp_path, monkeypatch)
         sample.run(**{**COMMON, "name": "locked"})
 
 
+def test_unwritable_log_folder_fails_before_training_starts(tmp_path, monkeypatch):
+    from jukebox import train
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("training was set up although its log folder cannot be written")
+
+    monkeypatch.setattr(train, "Trainer", no_trainer)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=r"cannot create the log folder 'a_file/run'.*--local_logdir"):
+        train.main("small_vqvae", name="run", local_logdir="a_file")
+    (tmp_path / "locked" / "run").mkdir(parents=True)
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).startswith("locked"))  # root may write
+    with pytest.raises(PermissionError, match=r"the log folder 'locked/run' is not writable"):
+        train.main("small_vqvae", name="run", local_logdir="locked")
+
+
+@pytest.mark.parametrize("failing_write", [1, 2])
+def test_disk_full_while_training_saves_keeps_checkpoint_latest(tmp_path, monkeypatch, failing_write):
+    """Trainer.save writes checkpoint_step_N, then copies it over checkpoint_latest; either write may fail."""
+    from jukebox import train
+
+    latest = tmp_path / "checkpoint_latest.pth.tar"
+    save_checkpoint(latest, dict(step=4))
+    trainer = SimpleNamespace(step=6, local_rank=0, hps=SimpleNamespace(save=True, train=True), logdir=str(tmp_path),
+                              checkpoint_state=lambda: dict(step=6, model={"w": torch.ones(2)}))
+    real_fsync, writes = os.fsync, []
+
+    def disk_full_at_one_write(fd):
+        writes.append(fd)
+        if len(writes) == failing_write:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_at_one_write)
+    with pytest.raises(OSError, match="No space left"):
+        train.Trainer.save(trainer, with_step=True)
+    assert load_checkpoint(latest)["step"] == 4
+    expected = ["checkpoint_latest.pth.tar"] + (["checkpoint_step_6.pth.tar"] if failing_write == 2 else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected  # no temporary file left behind
+
+
 # ---------------------------------------------------------------------------------------------
 # A failing MPI rank
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +382,7 @@ print("rank 0 got past the barrier", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
 @pytest.mark.parametrize("failure", ["raise", "kill"])
 def test_one_failing_rank_ends_the_whole_job(tmp_path, failure):

@@ -144,6 +144,9 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
                 assert not (owner in ("pickle", "dill", "marshal") and node.func.attr in ("load", "loads")), \
                     f"{source.relative_to(REPO)}:{node.lineno}: unpickles with {owner}.{node.func.attr}"
+                allow_pickle = [kw for kw in node.keywords if kw.arg == "allow_pickle"]
+                assert not (owner in ("np", "numpy") and allow_pickle), \
+                    f"{source.relative_to(REPO)}:{node.lineno}: numpy load with allow_pickle"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id not in ("eval", "exec"), f"{source.relative_to(REPO)}:{node.lineno}: {node.func.id}"
     assert found >= 3  # the scan does see the package's loads

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from jukebox.transformer.factored_attention import FactoredAttention
+from jukebox.transformer.fast_step import StepPlan
 from jukebox.transformer.ops import ACT_FNS, Conv1D, LayerNorm
 
 __all__ = ["MLP", "ResAttnBlock", "Transformer", "layer_attn_func"]
@@ -123,6 +124,11 @@ class Transformer(nn.Module):
     Layer d uses attention function ``layer_attn_func(attn_order, d)``; only layers with function
     6 receive ``encoder_kv`` ``(N, encoder_dims, n_in)``. ``sample=True`` feeds the next positions
     through the per-layer key/value caches (see ``FactoredAttention``); ``del_cache()`` resets them.
+
+    One-position sampling steps after the first run through a ``StepPlan`` (``fast_step.py``),
+    which gives the plain path's results with far less per-step overhead. ``fast_step = False``
+    turns it off; ``cpu_fp16_weights = True`` (off by default, inexact) lets it read float32
+    weights as float16 on CPU, about twice as fast.
     """
 
     def __init__(self, n_in: int, n_ctx: int, n_head: int, n_depth: int,
@@ -158,12 +164,22 @@ class Transformer(nn.Module):
                 checkpoint_attn=checkpoint_attn, checkpoint_mlp=checkpoint_mlp, attn_func=func,
                 blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len))
         self.ws: list[torch.Tensor] = []
+        self.fast_step = True
+        self.cpu_fp16_weights = False
+        self._plan: StepPlan | None = None
 
     def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None, sample: bool = False,
                 fp16: bool = False, fp16_out: bool = False) -> torch.Tensor:
         """x ``(N, L, n_in)`` -> ``(N, L, n_in)``; float32 out unless ``fp16_out``."""
         if fp16:
             x = x.to(self._compute_dtype(fp16, x.device))
+        plan = self.step_plan(x) if sample and x.shape[1] == 1 else None
+        if plan is not None:
+            t = self._attn_mods[0].attn.sample_t
+            x = plan.step(x.view(x.shape[0], self.n_in), t).view(x.shape)
+            if not fp16_out and x.dtype == torch.float16:
+                x = x.float()
+            return x
         for block in self._attn_mods:
             kv = encoder_kv if block.attn_func == 6 else None
             if self.checkpoint_res == 1 and _use_checkpoint(self, sample):
@@ -175,6 +191,26 @@ class Transformer(nn.Module):
         if not fp16_out and x.dtype == torch.float16:
             x = x.float()
         return x
+
+    def step_plan(self, x: torch.Tensor) -> StepPlan | None:
+        """The ``StepPlan`` for a one-position step with input x ``(N, 1, n_in)`` (built on first
+        use, dropped by ``del_cache``), or None where the plain path must run: the first position
+        (it allocates the caches), the end of the context, training, attention recording, or a
+        cache of another batch or dtype (the plain path raises the error)."""
+        if not self.fast_step or self.training:
+            return None
+        attn = self._attn_mods[0].attn
+        key = attn.cache.get("key")
+        if attn.sample_t == 0 or attn.sample_t >= self.n_ctx or key is None:
+            return None
+        if key.shape[0] != x.shape[0] or key.dtype != x.dtype:
+            return None
+        plan = self._plan
+        if plan is None or plan.layers[0].key is not key:
+            if any(block.attn.record_attn for block in self._attn_mods):
+                return None
+            plan = self._plan = StepPlan(list(self._attn_mods), x.dtype, self.cpu_fp16_weights)
+        return plan
 
     @staticmethod
     def _compute_dtype(fp16: bool, device: torch.device) -> torch.dtype:
@@ -198,6 +234,7 @@ class Transformer(nn.Module):
             block.attn.record_attn = i in layers
             block.attn.w = None
         self.ws = []
+        self._plan = None
 
     def check_cache(self, n_samples: int, sample_t: int, fp16: bool) -> None:
         """Raise RuntimeError unless every layer has cached ``sample_t`` positions of ``n_samples``."""
@@ -208,5 +245,6 @@ class Transformer(nn.Module):
 
     def del_cache(self) -> None:
         """Free every layer's key/value cache and restart sampling at position 0."""
+        self._plan = None
         for block in self._attn_mods:
             block.attn.del_cache()

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from jukebox.utils.dist_utils import allreduce, get_rank, print_once
 from jukebox.utils.atomic import atomic_write
 
-__all__ = ["Logger", "Metrics", "init_logging"]
+__all__ = ["Logger", "Metrics", "make_logdir", "init_logging"]
 
 
 class Logger:
@@ -144,11 +145,26 @@ def _describe(hps: Mapping[str, Any]) -> str:
     return "\n".join(f"{k}: {v!r}" for k, v in sorted(hps.items()))
 
 
-def init_logging(hps: Mapping[str, Any], rank: int | None = None) -> tuple[Logger, Metrics]:
-    """Create ``{local_logdir}/{name}``, record ``argv`` and the hparams, and return a logger and metrics."""
+def make_logdir(hps: Mapping[str, Any]) -> str:
+    """Create ``{local_logdir}/{name}`` and check that it is writable; call it before any long work so a bad
+    folder fails at once rather than at the first checkpoint."""
     if not hps.get("name"):
         raise ValueError("training needs a run name: pass --name=my_run (logs go to {local_logdir}/{name})")
     logdir = os.path.join(hps.get("local_logdir") or "logs", hps["name"])
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the log folder {logdir!r}: {e.strerror}; pass another "
+                               "--local_logdir or --name") from e
+    if not os.access(logdir, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"the log folder {logdir!r} is not writable; pass another "
+                                            "--local_logdir or --name")
+    return logdir
+
+
+def init_logging(hps: Mapping[str, Any], rank: int | None = None) -> tuple[Logger, Metrics]:
+    """Create ``{local_logdir}/{name}``, record ``argv`` and the hparams, and return a logger and metrics."""
+    logdir = make_logdir(hps)
     logger = Logger(logdir, rank)
     if logger.rank == 0:
         with atomic_write(os.path.join(logdir, "argv.txt"), "w", encoding="utf-8") as f:

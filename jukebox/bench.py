@@ -1,0 +1,253 @@
+"""Sampling speed benchmark: ``python -m jukebox.bench`` (``--help`` lists the options).
+
+Builds a prior with random weights from registry sets, then measures, after a warm-up run and as
+medians over repeats:
+
+* ancestral sampling: seconds per token step and tokens/s for each ``--n_samples``;
+* priming ``--prime_tokens`` known tokens in chunks of ``--chunk_size``, then ``--new_tokens`` new ones;
+* the step time deep in the context (after priming ``--deep`` tokens) against near the start;
+* the key/value cache per sample;
+
+and prints them beside the floor computed on the spot: the bytes of weights one step reads divided
+by the memory bandwidth of a large tensor copy on the same machine and threads. A step can not
+be faster than reading every weight once, whatever the batch.
+
+Step times come from a forward pre-hook on the transformer (the time between consecutive one-token
+calls: embedding, all layers, output layer and the draw), so allocation and the first position are
+not counted in per-step figures; end-to-end rates are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from jukebox.hparams import setup_hparams
+from jukebox.make_models import make_prior, make_vqvae
+from jukebox.utils.dist_utils import print_once
+from jukebox.vqvae.vqvae import calculate_hop_lengths
+
+__all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run"]
+
+CPU_DEFAULT = "small_vqvae,small_prior"
+# The original's CUDA settings (sample.py default_sampling_kwargs): samples per pass, priming chunk.
+CUDA_DEFAULTS = {"vqvae,prior_1b_lyrics,all_fp16": (16, 32), "vqvae,upsampler_level_0,all_fp16": (16, 32)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_bandwidth(device: torch.device, mib: int = 512, repeats: int = 7) -> float:
+    """Memory bandwidth in bytes/s of copying a ``mib`` MiB float32 tensor (bytes read + written), median."""
+    src = torch.ones(mib * 2 ** 18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
+
+
+def weight_bytes_per_step(model: torch.nn.Module, cpu_fp16_weights: bool = False) -> int:
+    """Bytes of weights a one-token step reads: the transformer's parameters and the output layer
+    (embedding rows are one row per step and are left out). With ``cpu_fp16_weights`` the linear
+    weights count two bytes each, as they are read."""
+    total = 0
+    for name, p in model.transformer.named_parameters():
+        size = 2 if cpu_fp16_weights and name.endswith(".w") else p.element_size()
+        total += p.numel() * size
+    if not model.only_encode:
+        total += model.x_out.weight.numel() * model.x_out.weight.element_size()
+    return total
+
+
+def build_prior(hps_names: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """The SimplePrior of registry sets ``hps_names`` with random weights (nothing is downloaded)."""
+    torch.manual_seed(seed)
+    overrides = dict(restore_vqvae="", restore_prior="", train=False)
+    hps = setup_hparams(hps_names, overrides)
+    if "small_prior" in hps_names:
+        # The README's small prior: top level of a two-level small VQ-VAE, no labels.
+        hps.update(levels=2, level=1, labels=False)
+    if not hps.sample_length:
+        # Any multiple of the top level's hop will do: the prior's window is n_ctx tokens regardless.
+        hps.sample_length = hps.n_ctx * calculate_hop_lengths(hps.strides_t, hps.downs_t)[-1]
+    vqvae = make_vqvae(hps, "meta")
+    return make_prior(hps, vqvae, device)
+
+
+@dataclass
+class StepTimer:
+    """Forward pre-hook on a transformer recording ``(time, positions fed)`` of every call."""
+
+    device: torch.device
+    calls: list = field(default_factory=list)
+    cache_bytes: int = 0
+
+    def __call__(self, module, args, kwargs):
+        _sync(self.device)
+        self.calls.append((time.perf_counter(), args[0].shape[1]))
+        if not self.cache_bytes and args[0].shape[1] == 1 and len(self.calls) > 1:
+            self.cache_bytes = sum(buf.numel() * buf.element_size() for block in module._attn_mods
+                                   for buf in block.attn.cache.values())
+
+    def step_times(self, skip: int = 1) -> list[float]:
+        """Seconds between consecutive one-position calls, after the first ``skip`` of them."""
+        steps = [(t, n) for t, n in self.calls if n == 1][skip:]
+        return [b[0] - a[0] for a, b in zip(steps, steps[1:])]
+
+    def prime_time(self) -> float:
+        """Seconds from the first priming call to the first one-position call."""
+        first_step = next(t for t, n in self.calls if n == 1)
+        return first_step - self.calls[0][0]
+
+
+def _conds(model: torch.nn.Module, n: int, device: torch.device, dtype: torch.dtype, g: torch.Generator):
+    """Random x_cond, y_cond, encoder_kv of the shapes the inner model expects (conditioning is
+    computed once per window by SimplePrior; its values do not change the speed)."""
+    def rand(*shape):
+        return (0.02 * torch.randn(*shape, generator=g)).to(device, dtype)
+    x_cond = rand(n, model.input_dims, model.width) if model.x_cond else None
+    y_cond = rand(n, 1, model.width) if model.y_cond else None
+    encoder_kv = rand(n, model.encoder_dims, model.width) if model.encoder_dims else None
+    return x_cond, y_cond, encoder_kv
+
+
+def _timed(model, device, fn) -> tuple[StepTimer, float]:
+    timer = StepTimer(device)
+    handle = model.transformer.register_forward_pre_hook(timer, with_kwargs=True)
+    try:
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        return timer, time.perf_counter() - t
+    finally:
+        handle.remove()
+
+
+def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples: tuple[int, ...] = (1, 4),
+        tokens: int = 48, repeats: int = 3, prime_tokens: int = 1024, chunk_size: int = 32, new_tokens: int = 64,
+        prime_samples: int = 1, deep: int = 6000, deep_chunk: int = 1000, fp16: bool = False,
+        cpu_fp16_weights: bool = False, cuda_graph: bool = False, log=print_once) -> dict:
+    """Run the benchmark and ``log`` a table; returns the measurements as a dict."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads)
+    prior = build_prior(hps, dev)
+    model = prior.prior
+    model.transformer.cpu_fp16_weights = cpu_fp16_weights
+    model.cuda_graph = cuda_graph
+    dtype = torch.float16 if fp16 and dev.type != "cpu" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = weight_bytes_per_step(model, cpu_fp16_weights and dev.type == "cpu")
+    bandwidth = measure_bandwidth(dev)
+    floor = weight_bytes / bandwidth
+    out = dict(hps=hps, device=str(dev), threads=threads if dev.type == "cpu" else None, params=params,
+               weight_bytes=weight_bytes, bandwidth=bandwidth, floor_s=floor, fp16=fp16,
+               cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph)
+    log(f"{hps} on {dev} ({threads} threads)" if dev.type == "cpu" else f"{hps} on {dev}")
+    log(f"  {params / 1e6:.1f} M parameters; a step reads {weight_bytes / 1e6:.0f} MB of weights; "
+        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> floor {floor * 1e3:.1f} ms/step")
+
+    def sample(n, prefix=None, sample_tokens=None, chunk=None):
+        x_cond, y_cond, encoder_kv = _conds(model, n, dev, torch.float32, g)
+        with torch.no_grad():
+            if prefix is None:
+                return model.sample(n, x_cond, y_cond, encoder_kv, fp16=fp16, sample_tokens=sample_tokens)
+            return model.primed_sample(n, prefix, x_cond, y_cond, encoder_kv, fp16=fp16, chunk_size=chunk,
+                                       sample_tokens=sample_tokens)
+
+    # Ancestral sampling: the first run is the warm-up.
+    for n in n_samples:
+        steps, rates = [], []
+        for r in range(repeats + 1):
+            timer, total = _timed(model, dev, lambda: sample(n, sample_tokens=tokens + 2))
+            if r:
+                steps += timer.step_times()
+                rates.append(n * (tokens + 2) / total)
+        step = statistics.median(steps)
+        out[f"ancestral_n{n}"] = dict(step_s=step, tokens_per_s=n / step, end_to_end_tokens_per_s=statistics.median(rates),
+                                      kv_cache_bytes_per_sample=timer.cache_bytes / n)
+        log(f"  ancestral n_samples={n}: {step * 1e3:.1f} ms/step = {n / step:.1f} tokens/s "
+            f"({step / floor:.2f}x floor; end to end {statistics.median(rates):.1f} tokens/s)")
+    kv = out[f"ancestral_n{n_samples[0]}"]["kv_cache_bytes_per_sample"]
+    out["kv_cache_bytes_per_sample"] = kv
+    log(f"  key/value cache: {kv / 2 ** 20:.0f} MiB per sample (preallocated, its peak)")
+
+    # Priming, then new tokens.
+    n = prime_samples
+    prefix = torch.randint(model.bins, (n, prime_tokens), generator=g).to(dev)
+    primes, news = [], []
+    for r in range(repeats + 1):
+        timer, total = _timed(model, dev, lambda: sample(n, prefix, prime_tokens + new_tokens, chunk_size))
+        if r:
+            primes.append(timer.prime_time())
+            news.append(total - timer.prime_time())
+    prime_s, new_s = statistics.median(primes), statistics.median(news)
+    out["priming"] = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
+                          tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
+                          new_tokens_per_s=n * new_tokens / new_s)
+    log(f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}: {prime_s:.2f} s = "
+        f"{n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: {n * new_tokens / new_s:.1f} tokens/s")
+
+    # Deep in the context against near the start (one priming pass, then `tokens` steps).
+    if deep:
+        deep = min(deep, model.input_dims - tokens - 2)
+        prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
+        timer, _ = _timed(model, dev, lambda: sample(1, prefix, deep + tokens + 2, deep_chunk))
+        deep_step = statistics.median(timer.step_times())
+        start_step = out[f"ancestral_n{n_samples[0]}"]["step_s"] if n_samples[0] == 1 else None
+        out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step,
+                           ratio=None if start_step is None else deep_step / start_step)
+        ratio = "" if start_step is None else f" = {deep_step / start_step:.2f}x the step near the start"
+        log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms{ratio}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m jukebox.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--hps", default=None, help=f"registry sets (default: {CPU_DEFAULT} on CPU; on CUDA both "
+                   f"of {list(CUDA_DEFAULTS)} at the original's batch sizes)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--n_samples", default=None, help="comma-separated batch sizes (CPU default 1,4)")
+    p.add_argument("--tokens", type=int, default=48, help="timed steps per ancestral run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prime_tokens", type=int, default=1024)
+    p.add_argument("--chunk_size", type=int, default=None, help="priming chunk (default 32)")
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--prime_samples", type=int, default=None, help="batch of the priming runs (CPU default 1)")
+    p.add_argument("--deep", type=int, default=6000, help="primed tokens before the deep step timing (0: skip)")
+    p.add_argument("--deep_chunk", type=int, default=1000, help="chunk size of that priming")
+    p.add_argument("--fp16", action="store_true", help="half-precision compute on CUDA (default there)")
+    p.add_argument("--cpu_fp16_weights", action="store_true",
+                   help="read float32 weights as float16 on CPU (faster, not exact; off by default)")
+    p.add_argument("--cuda_graph", action="store_true", help="replay each token step as one CUDA graph")
+    a = p.parse_args(argv)
+    cuda = a.device.startswith("cuda")
+    sets = [a.hps] if a.hps else (list(CUDA_DEFAULTS) if cuda else [CPU_DEFAULT])
+    results = {}
+    for hps in sets:
+        batch, chunk = CUDA_DEFAULTS.get(hps, (None, 32))
+        n_samples = tuple(int(v) for v in a.n_samples.split(",")) if a.n_samples else ((batch,) if batch else (1, 4))
+        results[hps] = run(hps=hps, device=a.device, threads=a.threads, n_samples=n_samples, tokens=a.tokens,
+                           repeats=a.repeats, prime_tokens=a.prime_tokens, chunk_size=a.chunk_size or chunk,
+                           new_tokens=a.new_tokens, prime_samples=a.prime_samples or n_samples[0], deep=a.deep,
+                           deep_chunk=a.deep_chunk, fp16=a.fp16 or cuda, cpu_fp16_weights=a.cpu_fp16_weights,
+                           cuda_graph=a.cuda_graph)
+    return results
+
+
+if __name__ == "__main__":
+    main()
