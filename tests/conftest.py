@@ -15,6 +15,9 @@ MANIFESTS = REFERENCE / "manifests"
 IDS_DIR = REFERENCE / "ids"
 DATA = SHARED / "data"
 
+# Tests never reach the internet: released id tables would come from this unreachable address.
+os.environ.setdefault("JUKEBOX_IDS_URL", "http://127.0.0.1:9/")
+
 
 def load_fixture(name: str) -> dict:
     """Load ``reference/fixtures/<name>.pt`` (plain tensors and containers only)."""

@@ -172,7 +172,8 @@ def test_missing_ids_dir_message(tmp_path, monkeypatch):
     assert str(tmp_path / "nowhere" / "v3_artist_ids.txt") in message and "JUKEBOX_IDS_DIR" in message
     monkeypatch.delenv("JUKEBOX_IDS_DIR", raising=False)
     monkeypatch.setenv("JUKEBOX_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(FileNotFoundError, match="released weights") as err:
+    monkeypatch.setenv("JUKEBOX_IDS_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    with pytest.raises(FileNotFoundError, match="Downloading them failed") as err:
         Labeller(5, 0, 1000)
     assert str(tmp_path / "cache" / "ids" / "v2_artist_ids.txt") in str(err.value)
     monkeypatch.setenv("JUKEBOX_IDS_DIR", str(IDS_DIR))
@@ -205,3 +206,26 @@ def test_empty_labeller():
     assert labels["y"].shape == (3, 0) and labels["y"].dtype == torch.int64 and len(labels["info"]) == 3
     assert labeller.get_label()["y"].shape == (0,)
     assert labeller.set_y_lyric_tokens(labels["y"], labels) is None
+
+
+def test_released_tables_are_fetched_into_the_cache_when_no_ids_dir_is_given(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from jukebox.data.artist_genre_processor import ArtistGenreProcessor
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(IDS_DIR))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.delenv("JUKEBOX_IDS_DIR", raising=False)
+        monkeypatch.setenv("JUKEBOX_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("JUKEBOX_IDS_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        processor = ArtistGenreProcessor(v3=True)
+        assert processor.get_artist_id("unknown") == 0
+        cached = tmp_path / "cache" / "ids" / "v3_artist_ids.txt"
+        assert cached.read_bytes() == (IDS_DIR / "v3_artist_ids.txt").read_bytes()
+    finally:
+        server.shutdown()

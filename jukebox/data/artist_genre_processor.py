@@ -18,8 +18,11 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from jukebox.utils.remote import cache_dir
 from jukebox.utils.atomic import atomic_write
+from jukebox.utils.remote import DownloadError, cache_dir, fetch_to
+
+# The released tables are part of the original repository, not of the weights' storage.
+RELEASED_IDS_URL = "https://raw.githubusercontent.com/openai/jukebox/master/jukebox/data/ids/"
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _UNDERSCORES = re.compile(r"_+")
@@ -35,6 +38,19 @@ def default_ids_dir() -> Path:
     if os.environ.get("JUKEBOX_IDS_DIR"):
         return Path(os.environ["JUKEBOX_IDS_DIR"]).expanduser()
     return cache_dir() / "ids"
+
+
+def fetch_released_tables(v3: bool, ids_dir: str | os.PathLike | None = None) -> Path:
+    """Download the released models' artist/genre tables of one vocabulary version into ``ids_dir``
+    (default ``default_ids_dir()``) unless they are there already; ``$JUKEBOX_IDS_URL`` replaces the
+    source folder (a mirror or a local server). Returns the folder."""
+    ids_dir = Path(ids_dir) if ids_dir is not None else default_ids_dir()
+    base = os.environ.get("JUKEBOX_IDS_URL", RELEASED_IDS_URL).rstrip("/") + "/"
+    for kind in ("artist", "genre"):
+        path = table_path(ids_dir, v3, kind)
+        if not path.is_file():
+            fetch_to(base + path.name, path)
+    return ids_dir
 
 
 def table_path(ids_dir: str | os.PathLike, v3: bool, kind: str) -> Path:
@@ -110,6 +126,12 @@ class ArtistGenreProcessor:
 
     def __init__(self, v3: bool = False, ids_dir: str | os.PathLike | None = None) -> None:
         self.v3 = v3
+        fetch_problem = ""
+        if ids_dir is None and not os.environ.get("JUKEBOX_IDS_DIR"):
+            try:  # the released tables, cached beside the downloaded weights
+                fetch_released_tables(v3)
+            except DownloadError as e:
+                fetch_problem = f" Downloading them failed: {e}."
         self.ids_dir = Path(ids_dir) if ids_dir is not None else default_ids_dir()
         self.artist_id_file = table_path(self.ids_dir, v3, "artist")
         self.genre_id_file = table_path(self.ids_dir, v3, "genre")
@@ -117,10 +139,11 @@ class ArtistGenreProcessor:
         if missing:
             raise FileNotFoundError(
                 f"artist/genre id tables not found: {', '.join(map(str, missing))}. "
-                f"They ship with the released weights and are downloaded with them into {default_ids_dir()}; "
+                f"The released tables are downloaded into {default_ids_dir()} when no ids_dir is given; "
                 "otherwise set JUKEBOX_IDS_DIR (or pass ids_dir) to a folder holding "
                 f"{self.artist_id_file.name} and {self.genre_id_file.name}. "
                 "For your own dataset, write them with jukebox.data.artist_genre_processor.write_id_tables."
+                + fetch_problem
             )
         self.artist_ids = read_id_table(self.artist_id_file)
         self.genre_ids = read_id_table(self.genre_id_file)

@@ -24,6 +24,8 @@ the same way: about twice as fast on CPU but no longer exact (an opt-in trade, o
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -47,9 +49,7 @@ class _Linear:
         self.packed = None
         self.cast = False
         if pack_fp16:
-            # fbgemm keeps the transposed weight as float16; float16 stored weights round-trip exactly.
-            w = conv.w.detach().t().to(torch.float32).contiguous()
-            self.packed = torch.ops.quantized.linear_prepack_fp16(w, conv.b.detach().to(torch.float32))
+            self.packed = _packed_fp16(conv)
             self.w = self.b = None
             return
         self.b = conv.b.detach().to(dtype)
@@ -61,6 +61,24 @@ class _Linear:
         if self.packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
         return torch.addmm(self.b, x, self.w.to(x.dtype) if self.cast else self.w)
+
+
+_PACKED: "weakref.WeakKeyDictionary[Conv1D, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _packed_fp16(conv: Conv1D):
+    """fbgemm's float16 packing of ``conv`` (float16 stored weights round-trip exactly).
+
+    Packing a 161 M parameter prior takes seconds, so the packed copy (the memory of float16
+    weights) is kept while the module lives and redone only when its weight or bias changes.
+    """
+    w, b = conv.w, conv.b
+    key = (w.data_ptr(), w._version, w.dtype, b.data_ptr(), b._version)
+    cached = _PACKED.get(conv)
+    if cached is None or cached[0] != key:
+        wt = w.detach().t().to(torch.float32).contiguous()
+        cached = _PACKED[conv] = (key, torch.ops.quantized.linear_prepack_fp16(wt, b.detach().to(torch.float32)))
+    return cached[1]
 
 
 def _norm_args(ln: torch.nn.LayerNorm) -> tuple:

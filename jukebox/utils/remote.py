@@ -195,7 +195,7 @@ def _sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_to_cache(url: str, dest: Path) -> None:
+def fetch_to(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` from the first of its mirrors that works, holding a lock file so
     concurrent processes (or nodes sharing a file system) do not write the same ``.part``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -239,14 +239,14 @@ def resolve_path(path_or_url: str | os.PathLike) -> str:
     dest = cache_path(url)
     if not dist_utils.is_distributed():
         if not dest.exists():
-            _download_to_cache(url, dest)
+            fetch_to(url, dest)
         return str(dest)
 
     errors: list[Exception] = []
 
     def work() -> None:
         try:
-            _download_to_cache(url, dest)
+            fetch_to(url, dest)
         except Exception as e:  # handed to the main thread and re-raised there
             errors.append(e)
 

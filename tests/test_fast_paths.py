@@ -1,0 +1,181 @@
+"""The fast sampling paths (jukebox/transformer/fast_step.py) against the plain module path.
+
+For every attention function and a mix of them, one-token steps through the ``StepPlan``, both the
+Python-position step and the fixed-shape (CUDA-graph-ready) step run eagerly on CPU, must give the
+logits of the plain path and of one full forward pass. No test here measures time.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from jukebox.prior.autoregressive import ConditionalAutoregressive2D
+from jukebox.transformer.fast_step import StepPlan, fp16_gemm_available
+from jukebox.transformer.ops import convert_conv_weights_to_fp16
+from jukebox.transformer.transformer import Transformer
+
+W, N_CTX, BLOCKS, HEADS, SPREAD, ENC, PRIME = 32, 72, 6, 2, 3, 16, 16
+N = 2
+# One layer per attention function, then orders mixing them.
+ORDERS = {f"func_{f}": (order, depth) for f, order, depth in
+          [(0, 0, 1), (1, 1, 1), (2, 9, 4), (3, 2, 3), (4, 3, 2), (5, 4, 2), (6, 6, 4), (7, 12, 16)]}
+ORDERS.update(order_2=(2, 3), order_8=(8, 10), order_11=(11, 16))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_deterministic_threads):
+    torch.set_num_threads(1)
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith(".w"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.7 / math.sqrt(p.shape[0]))
+            elif "ln_" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def _transformer(order: int, depth: int, res_scale: bool = False) -> Transformer:
+    t = Transformer(W, N_CTX, HEADS, depth, mask=True, attn_order=order, blocks=BLOCKS, spread=SPREAD,
+                    encoder_dims=ENC, prime_len=PRIME, res_scale=res_scale)
+    _randomize(t, seed=order)
+    return t.eval()
+
+
+def _inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, N_CTX, W, generator=g), torch.randn(N, ENC, W, generator=g)
+
+
+def _stepped(model: Transformer, x, enc, n_prime: int, fast: bool, static: bool = False) -> torch.Tensor:
+    """Prime n_prime positions in one chunk, then step one position at a time."""
+    model.fast_step = fast
+    model.del_cache()
+    outs = [model(x[:, :n_prime], enc, sample=True)]
+    for t in range(n_prime, N_CTX):
+        xt = x[:, t:t + 1]
+        if static:
+            plan = model.step_plan(xt)
+            assert plan is not None
+            out = plan.static_step(xt[:, 0], torch.tensor(t)).unsqueeze(1)
+            for block in model._attn_mods:
+                block.attn.sample_t = t + 1
+        else:
+            out = model(xt, enc, sample=True)
+        outs.append(out)
+    model.del_cache()
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(ORDERS))
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_fast_step_matches_plain_path_and_full_forward(name, static):
+    order, depth = ORDERS[name]
+    model = _transformer(order, depth)
+    x, enc = _inputs()
+    with torch.no_grad():
+        full = model(x, enc)
+        plain = _stepped(model, x, enc, n_prime=1, fast=False)
+        fast = _stepped(model, x, enc, n_prime=1, fast=True, static=static)
+        primed = _stepped(model, x, enc, n_prime=29, fast=True, static=static)
+    torch.testing.assert_close(plain, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(primed, full, atol=1e-5, rtol=0)
+
+
+def test_fast_step_is_used_and_keeps_cache_state():
+    model = _transformer(2, 3, res_scale=True)
+    x, enc = _inputs(1)
+    with torch.no_grad():
+        full = model(x, enc)
+        model.del_cache()
+        model(x[:, :5], sample=True)
+        assert model._plan is None
+        out = model(x[:, 5:6], sample=True)
+        plan = model._plan
+        assert isinstance(plan, StepPlan)
+        model.check_cache(N, 6, fp16=False)
+        # A chunk after fast steps goes through the plain path on the same caches.
+        rest = model(x[:, 6:20], sample=True)
+        model.check_cache(N, 20, fp16=False)
+        assert model(x[:, 20:21], sample=True) is not None and model._plan is plan
+        model.del_cache()
+        assert model._plan is None
+    torch.testing.assert_close(torch.cat([out, rest], 1), full[:, 5:20], atol=1e-5, rtol=0)
+
+
+def test_fast_step_falls_back_to_plain_path_errors():
+    model = _transformer(1, 2)
+    x, _ = _inputs()
+    with torch.no_grad():
+        model.del_cache()
+        model(x[:, :3], sample=True)
+        with pytest.raises(RuntimeError, match="del_cache"):
+            model(x[:1, 3:4], sample=True)  # another batch: the plain path's error
+        model(x[:, 3:N_CTX], sample=True)
+        with pytest.raises(ValueError, match="n_ctx"):
+            model(x[:, :1], sample=True)
+    model.train()
+    assert model.step_plan(x[:, :1]) is None
+
+
+def _prior() -> ConditionalAutoregressive2D:
+    m = ConditionalAutoregressive2D((N_CTX,), bins=40, width=W, depth=4, heads=HEADS, attn_order=6, blocks=BLOCKS,
+                                    x_cond=True, y_cond=True, encoder_dims=ENC)
+    _randomize(m, seed=7)
+    return m.eval()
+
+
+def test_prior_cached_logits_fast_equal_plain_and_forward():
+    m = _prior()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(40, (N, N_CTX), generator=g)
+    x_cond, y_cond, enc = (torch.randn(N, N_CTX, W, generator=g), torch.randn(N, 1, W, generator=g),
+                           torch.randn(N, ENC, W, generator=g))
+    with torch.no_grad():
+        _, full = m(x, x_cond, y_cond, enc, get_preds=True)
+        fast = m.cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
+        m.transformer.fast_step = False
+        plain = m.cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
+
+
+def test_seeded_sampling_is_the_same_on_both_paths():
+    m = _prior()
+    g = torch.Generator().manual_seed(4)
+    x_cond, y_cond, enc = (torch.randn(N, N_CTX, W, generator=g), torch.randn(N, 1, W, generator=g),
+                           torch.randn(N, ENC, W, generator=g))
+    tokens = []
+    for fast in (True, False):
+        m.transformer.fast_step = fast
+        torch.manual_seed(0)
+        tokens.append(m.sample(N, x_cond, y_cond, enc, sample_tokens=40))
+    assert torch.equal(tokens[0], tokens[1])
+
+
+@pytest.mark.skipif(not fp16_gemm_available(), reason="needs FBGEMM (x86 CPU build)")
+def test_fp16_weights_use_packed_gemm_and_match():
+    """float16 stored weights (fp16_params) step through fbgemm on the same values; the opt-in
+    cpu_fp16_weights rounds float32 weights to float16, so it matches the rounded model."""
+    x, enc = _inputs(2)
+    model = _transformer(6, 4)
+    half = convert_conv_weights_to_fp16(_transformer(6, 4))
+    with torch.no_grad():
+        ref = _stepped(half, x, enc, n_prime=1, fast=False)
+        got = _stepped(half, x, enc, n_prime=1, fast=True)
+        model.cpu_fp16_weights = True
+        rounded = _stepped(model, x, enc, n_prime=1, fast=True)
+        model.cpu_fp16_weights = False
+        exact = _stepped(model, x, enc, n_prime=1, fast=True)
+        plan_layer = (model(x[:, :1], enc, sample=True), model.step_plan(x[:, 1:2]))[1].layers[0]
+    assert plan_layer.c_attn.packed is None  # float32 weights stay exact unless asked
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rounded, ref, atol=1e-5, rtol=0)
+    assert (exact - rounded).abs().max() > 1e-6  # the opt-in really is another (rounded) model
