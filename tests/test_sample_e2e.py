@@ -73,20 +73,10 @@ def _unregister() -> None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Checkpoints of the tiny model (random weights) and the registry entries pointing at them."""
-    root = tmp_path_factory.mktemp("sample_e2e")
-    torch.manual_seed(0)
-    _register(root)
-    try:
-        vq_hps = setup_hparams("tiny_vqvae", dict(sample_length=512, restore_vqvae=""))
-        vqvae = make_models.make_vqvae(vq_hps, "cpu")
-        save_checkpoint(root / "tiny_vqvae.pth.tar", dict(hps=vq_hps, model=vqvae.state_dict(), step=0))
-        for name in list(TINY)[1:]:
-            hps = setup_hparams(name, dict(restore_prior=""))
-            prior = make_models.make_prior(hps, vqvae, "cpu")
-            save_checkpoint(root / f"{name}.pth.tar", dict(hps=hps, model=prior.state_dict(), step=0))
+    from tiny_model import tiny_model  # imports this module; deferred to avoid a circular import
+
+    with tiny_model(tmp_path_factory.mktemp("sample_e2e")) as root:
         yield root
-    finally:
-        _unregister()
 
 
 def _run(workdir: Path, monkeypatch, **kwargs) -> None:
