@@ -18,17 +18,25 @@ not counted in per-step figures; end-to-end rates are printed too.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from dataclasses import dataclass, field
+import os
 
-import torch
+if __name__ == "__main__":
+    # Idle OpenMP threads sleep instead of spinning: on a machine whose cores other processes also
+    # use, spinning threads steal the time slices of working ones, which made 4-sample steps several
+    # times slower there. It must be set before torch starts; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from jukebox.hparams import setup_hparams
-from jukebox.make_models import make_prior, make_vqvae
-from jukebox.utils.dist_utils import print_once
-from jukebox.vqvae.vqvae import calculate_hop_lengths
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import torch  # noqa: E402
+
+from jukebox.hparams import setup_hparams  # noqa: E402
+from jukebox.make_models import make_prior, make_vqvae  # noqa: E402
+from jukebox.utils.dist_utils import print_once  # noqa: E402
+from jukebox.vqvae.vqvae import calculate_hop_lengths  # noqa: E402
 
 __all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run"]
 
@@ -138,7 +146,8 @@ def _timed(model, device, fn) -> tuple[StepTimer, float]:
 def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples: tuple[int, ...] = (1, 4),
         tokens: int = 48, repeats: int = 3, prime_tokens: int = 1024, chunk_size: int = 32, new_tokens: int = 64,
         prime_samples: int = 1, deep: int = 6000, deep_chunk: int = 1000, fp16: bool = False,
-        cpu_fp16_weights: bool = False, cuda_graph: bool = False, log=print_once) -> dict:
+        cpu_fp16_weights: bool = False, cuda_graph: bool = False, plain_step: bool = False,
+        log=print_once) -> dict:
     """Run the benchmark and ``log`` a table; returns the measurements as a dict."""
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -146,6 +155,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     prior = build_prior(hps, dev)
     model = prior.prior
     model.transformer.cpu_fp16_weights = cpu_fp16_weights
+    model.transformer.fast_step = not plain_step
     model.cuda_graph = cuda_graph
     dtype = torch.float16 if fp16 and dev.type != "cpu" else torch.float32
     g = torch.Generator().manual_seed(0)
@@ -155,8 +165,11 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     floor = weight_bytes / bandwidth
     out = dict(hps=hps, device=str(dev), threads=threads if dev.type == "cpu" else None, params=params,
                weight_bytes=weight_bytes, bandwidth=bandwidth, floor_s=floor, fp16=fp16,
-               cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph)
-    log(f"{hps} on {dev} ({threads} threads)" if dev.type == "cpu" else f"{hps} on {dev}")
+               cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph, plain_step=plain_step)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out["load_average"] = load
+    log(f"{hps} on {dev} ({threads} threads, {os.cpu_count()} cores, load average {load:.1f})"
+        if dev.type == "cpu" else f"{hps} on {dev}")
     log(f"  {params / 1e6:.1f} M parameters; a step reads {weight_bytes / 1e6:.0f} MB of weights; "
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> floor {floor * 1e3:.1f} ms/step")
 
@@ -207,11 +220,12 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
         timer, _ = _timed(model, dev, lambda: sample(1, prefix, deep + tokens + 2, deep_chunk))
         deep_step = statistics.median(timer.step_times())
-        start_step = out[f"ancestral_n{n_samples[0]}"]["step_s"] if n_samples[0] == 1 else None
-        out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step,
-                           ratio=None if start_step is None else deep_step / start_step)
-        ratio = "" if start_step is None else f" = {deep_step / start_step:.2f}x the step near the start"
-        log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms{ratio}")
+        # The reference near the start is timed right after, under the same machine load.
+        timer, _ = _timed(model, dev, lambda: sample(1, sample_tokens=tokens + 2))
+        start_step = statistics.median(timer.step_times())
+        out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
+        log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
+            f"{deep_step / start_step:.2f}x the step near the start ({start_step * 1e3:.1f} ms, timed right after)")
     return out
 
 
@@ -233,7 +247,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fp16", action="store_true", help="half-precision compute on CUDA (default there)")
     p.add_argument("--cpu_fp16_weights", action="store_true",
                    help="read float32 weights as float16 on CPU (faster, not exact; off by default)")
-    p.add_argument("--cuda_graph", action="store_true", help="replay each token step as one CUDA graph")
+    p.add_argument("--no_cuda_graph", action="store_true",
+                   help="on CUDA, launch every kernel of a step instead of replaying it as one CUDA graph")
+    p.add_argument("--plain_step", action="store_true",
+                   help="step through the plain module path instead of the StepPlan (for comparison)")
     a = p.parse_args(argv)
     cuda = a.device.startswith("cuda")
     sets = [a.hps] if a.hps else (list(CUDA_DEFAULTS) if cuda else [CPU_DEFAULT])
@@ -245,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
                            repeats=a.repeats, prime_tokens=a.prime_tokens, chunk_size=a.chunk_size or chunk,
                            new_tokens=a.new_tokens, prime_samples=a.prime_samples or n_samples[0], deep=a.deep,
                            deep_chunk=a.deep_chunk, fp16=a.fp16 or cuda, cpu_fp16_weights=a.cpu_fp16_weights,
-                           cuda_graph=a.cuda_graph)
+                           cuda_graph=cuda and not a.no_cuda_graph, plain_step=a.plain_step)
     return results
 
 

@@ -64,6 +64,9 @@ class ConditionalAutoregressive2D(nn.Module):
     the place of the learned start token. encoder_dims / prime_len: lengths of the lyric
     sequence of encoder-decoder attention (separate encoder) or prime attention (one merged
     sequence). only_encode: return the activations, with no output layer.
+
+    ``cuda_graph = True`` (off by default) runs the one-token sampling steps with fixed shapes and,
+    on CUDA, replays each as one captured CUDA graph; the results are the plain path's.
     """
 
     def __init__(self, input_shape: tuple[int, ...], bins: int, width: int = 128, depth: int = 2, heads: int = 1,
@@ -100,6 +103,8 @@ class ConditionalAutoregressive2D(nn.Module):
             attn_order=attn_order, blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len)
 
         self.only_encode = only_encode
+        # One-token steps with fixed shapes, replayed as a CUDA graph on CUDA (eager elsewhere); see _StaticStep.
+        self.cuda_graph = False
         self.prime_len = prime_len
         # The merged (untied) decoder of the 5b models does not add x_cond after the transformer.
         self.add_cond_after_transformer = not merged_decoder
@@ -242,9 +247,15 @@ class ConditionalAutoregressive2D(nn.Module):
                     preds[:, t:t + size] = self.x_out(h)
                 t += size
             self.transformer.check_cache(N, n_prime, fp16)
+            static = None
             for t in range(n_prime, L):
-                h = self._cached_forward(*self._inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16)
-                logits = self.x_out(h)
+                if static is None and self.cuda_graph and t > 0:
+                    static = _StaticStep.build(self, N, pos_emb, x_cond, fp16)
+                if static is not None:
+                    logits = static(x[:, t - 1], t).unsqueeze(1)
+                else:
+                    h = self._cached_forward(*self._inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16)
+                    logits = self.x_out(h)
                 if get_preds:
                     preds[:, t:t + 1] = logits
                 if draw is not None:
@@ -316,3 +327,74 @@ class ConditionalAutoregressive2D(nn.Module):
         self._check_tokens(x, "prefix")
         return self._sample(n_samples, x, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
                             chunk_size, sample_tokens)
+
+
+class _StaticStep:
+    """The whole one-token step (embeddings, transformer, output layer) of a model whose caches hold
+    positions ``[0, t)``, with every shape fixed: inputs go into static buffers and the transformer
+    runs ``StepPlan.static_step``. On CUDA it is captured once as a CUDA graph and replayed for every
+    token, which removes the launch cost of its ~1000 small kernels; elsewhere it runs eagerly (the
+    same logic, which is how the tests check it). Returns logits ``(N, bins)`` in a buffer that the
+    next call overwrites.
+    """
+
+    def __init__(self, model: ConditionalAutoregressive2D, plan, pos_emb: torch.Tensor,
+                 x_cond: torch.Tensor | None, token: torch.Tensor):
+        self.model, self.plan, self.pos_emb, self.x_cond = model, plan, pos_emb, x_cond
+        self.token = token.clone()
+        self.pos = torch.zeros((), dtype=torch.long, device=token.device)
+        self.logits: torch.Tensor | None = None
+        self.graph = None
+
+    @classmethod
+    def build(cls, model: ConditionalAutoregressive2D, n: int, pos_emb: torch.Tensor, x_cond: torch.Tensor | None,
+              fp16: bool) -> _StaticStep | None:
+        """A static step for n samples, or None where the transformer has no step plan (plain path)."""
+        tr = model.transformer
+        device = pos_emb.device
+        dtype = tr._compute_dtype(fp16, device) if fp16 else torch.float32
+        plan = tr.step_plan(torch.empty(n, 1, model.width, dtype=dtype, device=device))
+        if plan is None:
+            return None
+        return cls(model, plan, pos_emb, x_cond, torch.zeros(n, dtype=torch.long, device=device))
+
+    def _compute(self) -> None:
+        m, pos = self.model, self.pos.view(1)
+        h = m.x_emb(self.token) + self.pos_emb.index_select(0, pos)
+        cond = None
+        if self.x_cond is not None:
+            cond = self.x_cond[:, 0] if self.x_cond.shape[1] == 1 else self.x_cond.index_select(1, pos)[:, 0]
+            h = h + cond
+        h = self.plan.static_step(h.to(self.plan.dtype), self.pos)
+        if h.dtype == torch.float16:
+            h = h.float()
+        if m.add_cond_after_transformer and cond is not None:
+            h = h + cond
+        self.logits = m.x_out(h)
+
+    def _capture(self) -> None:
+        device = self.token.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        # Warm-up runs rewrite the current position's cache slots with the same values, so they are harmless.
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._compute()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._compute()
+
+    def __call__(self, token: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits ``(N, bins)`` at position t, where token ``(N,)`` is the token at t - 1."""
+        self.token.copy_(token)
+        self.pos.fill_(t)
+        if self.token.device.type == "cuda":
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+        else:
+            self._compute()
+        for block in self.model.transformer._attn_mods:
+            object.__setattr__(block.attn, "sample_t", t + 1)
+        return self.logits

@@ -11,7 +11,7 @@ match it to float rounding. Work per step is independent of the position.
 
 Two step kinds share the layer arithmetic:
 
-* ``step(x)``: positions are Python ints; keys are sliced to what the pattern sees (CPU default).
+* ``step(x, t)``: positions are Python ints; keys are sliced to what the pattern sees (CPU default).
 * ``static_step(x, pos)``: the position is a 0-d int64 tensor and every shape is fixed: cache
   writes are ``index_copy_`` at computed slots and each attention function sees a fixed window
   with a mask. Nothing in it depends on Python values of the position, so it can be captured
@@ -24,6 +24,7 @@ the same way: about twice as fast on CPU but no longer exact (an opt-in trade, o
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -121,13 +122,15 @@ class StepPlan:
         self.dtype = dtype
         device = layers[0].attn.cache["key"].device
         on_cpu = device.type == "cpu" and dtype == torch.float32
+        if cpu_fp16_weights and on_cpu and not fp16_gemm_available():
+            warnings.warn("cpu_fp16_weights needs PyTorch's FBGEMM (x86 builds); using the float32 weights",
+                          stacklevel=3)
         self.layers = []
         for block in layers:
             stored_fp16 = block.attn.c_attn.w.dtype == torch.float16
             pack = on_cpu and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
             self.layers.append(_Layer(block, dtype, pack))
         self.half_norm = dtype in (torch.float16, torch.bfloat16)
-        self.n_samples = self.layers[0].key.shape[0]
 
     # ------------------------------------------------------------------ shared layer arithmetic
     def _norm(self, x: torch.Tensor, args: tuple) -> torch.Tensor:
