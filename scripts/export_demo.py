@@ -8,10 +8,11 @@ Each exported file keeps ``hps``, ``step`` and ``model`` (the EMA weights train.
 the optimiser state and the live weights. Prior weights are stored as float16 (they are loaded into
 float32 modules; the rounding changes test bits per token by far less than the reported precision);
 the VQ-VAE stays float32 so its codebook and therefore the codes of any audio stay exact.
-``training.json`` records each stage's steps and wall time from its ``metrics.jsonl``.
+``training.json`` records each stage's steps, batch and wall time.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -26,21 +27,13 @@ from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 TRAINING_KEYS = ("name", "argv", "ngpus", "bs", "sample_length", "lr", "level", "levels", "n_ctx")
 
 
-def _stage_stats(ckpt_path: str) -> dict[str, Any]:
-    """Steps and wall time of the run that wrote ``ckpt_path`` (from its metrics.jsonl and file times)."""
+def _wall_time_min(ckpt_path: str) -> float:
+    """Wall time of the run(s) that wrote ``ckpt_path``: each (resumed) run writes its own TensorBoard file,
+    named with its start time and last written when that run ended."""
     logdir = os.path.dirname(os.path.abspath(ckpt_path))
-    metrics = os.path.join(logdir, "metrics.jsonl")
-    argv = os.path.join(logdir, "argv.txt")
-    start = os.path.getmtime(argv) if os.path.exists(argv) else None
-    end = os.path.getmtime(metrics) if os.path.exists(metrics) else None
-    last_test: dict[str, Any] = {}
-    if os.path.exists(metrics):
-        with open(metrics, encoding="utf-8") as f:
-            for line in f:
-                record = json.loads(line)
-                if record.get("split") == "test":
-                    last_test = record
-    return dict(wall_time_min=round((end - start) / 60, 1) if start and end else None, last_test=last_test)
+    seconds = sum(os.path.getmtime(f) - int(os.path.basename(f).split(".")[3])
+                  for f in glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
+    return round(seconds / 60, 1)
 
 
 def export(src: str, dst: str, half: bool) -> dict[str, Any]:
@@ -51,7 +44,7 @@ def export(src: str, dst: str, half: bool) -> dict[str, Any]:
     hps = ckpt["hps"]
     return dict(file=os.path.basename(dst), step=int(ckpt["step"]), bytes=os.path.getsize(dst),
                 dtype="float16" if half else "float32", **{k: hps.get(k) for k in TRAINING_KEYS},
-                **_stage_stats(src))
+                wall_time_min=_wall_time_min(src))
 
 
 def main(vqvae: str, priors: Any, out: str = "jukebox/models/demo") -> None:

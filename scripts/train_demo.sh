@@ -26,9 +26,9 @@ vqvae() {
         --lr=0.0005 --exit_train="$VQ_STEPS" "${COMMON[@]}" $(resume demo_vqvae vqvae)
 }
 
-prior() {  # prior <level> <hparams set> <sample_length>
+prior() {  # prior <level> <hparams set> <sample_length>; one port per level so that they can run together
     $MPI $PY jukebox/train.py --hps=demo_small_vqvae,"$2" --name="demo_prior_level_$1" \
-        --restore_vqvae="$VQ_CKPT" --prior --levels=3 --level="$1" --sample_length="$3" --bs=4 \
+        --restore_vqvae="$VQ_CKPT" --prior --levels=3 --level="$1" --sample_length="$3" --bs=4 --port=$((29510 + $1)) \
         --lr=0.001 --weight_decay=0.01 --exit_train="$PRIOR_STEPS" "${COMMON[@]}" \
         $(resume "demo_prior_level_$1" prior)
 }
