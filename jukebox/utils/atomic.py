@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "remove_stale_temporaries"]
 
 
 def _umask() -> int:
@@ -40,3 +40,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name_glob: str = "*") -> list[Path]:
+    """Delete the temporary files ``atomic_write`` left in ``folder`` for targets matching ``name_glob``
+    when a process was killed mid-write. Call it only when no writer can be active there."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name_glob}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from jukebox.utils.dist_utils import allreduce, get_rank, print_once
-from jukebox.utils.atomic import atomic_write
+from jukebox.utils.atomic import atomic_write, remove_stale_temporaries
 
 __all__ = ["Logger", "Metrics", "make_logdir", "init_logging"]
 
@@ -167,6 +167,8 @@ def init_logging(hps: Mapping[str, Any], rank: int | None = None) -> tuple[Logge
     logdir = make_logdir(hps)
     logger = Logger(logdir, rank)
     if logger.rank == 0:
+        # Nothing writes checkpoints yet: temporaries in the folder are leftovers of a killed run.
+        remove_stale_temporaries(logdir, "checkpoint_*")
         with atomic_write(os.path.join(logdir, "argv.txt"), "w", encoding="utf-8") as f:
             f.write(str(hps.get("argv", "")) + "\n")
         logger.add_text("hps", _describe(hps))
