@@ -41,7 +41,8 @@ pre { white-space: pre-wrap; }
 #lyrics { position: relative; max-height: 60vh; overflow-y: auto; font-size: 1.3em; line-height: 1.5; }
 #lyrics .sung { background: #ffd54f; color: #000; border-radius: 2px; }"""
 
-_INDEX_PAGE = Template("""<!DOCTYPE html>
+# Both pages share one head; $title and $style are filled in with the page.
+_HEAD = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -51,7 +52,9 @@ _INDEX_PAGE = Template("""<!DOCTYPE html>
 $style
 </style>
 </head>
-<body>
+"""
+
+_INDEX_PAGE = Template(_HEAD + """<body>
 <h1>$title</h1>
 <ol>
 $items
@@ -67,17 +70,7 @@ _INDEX_ITEM = Template("""<li>
 <details><summary>Lyrics</summary><pre>$lyrics</pre></details>
 </li>""")
 
-_ITEM_PAGE = Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>$title</title>
-<link rel="icon" href="data:,">
-<style>
-$style
-</style>
-</head>
-<body>
+_ITEM_PAGE = Template(_HEAD + """<body>
 <p><a href="../index.html">All samples</a></p>
 <h1>$title</h1>
 <p>Artist: <span id="artist">$artist</span>, Genre: <span id="genre">$genre</span></p>

@@ -6,10 +6,11 @@ logits of the plain path and of one full forward pass. No test here measures tim
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
+
+from conftest import randomize_weights
 
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
 from jukebox.transformer.fast_step import StepPlan, fp16_gemm_available
@@ -29,22 +30,12 @@ def _one_thread(_deterministic_threads):
     torch.set_num_threads(1)
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith(".w"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.7 / math.sqrt(p.shape[0]))
-            elif "ln_" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def _transformer(order: int, depth: int, res_scale: bool = False) -> Transformer:
     t = Transformer(W, N_CTX, HEADS, depth, mask=True, attn_order=order, blocks=BLOCKS, spread=SPREAD,
                     encoder_dims=ENC, prime_len=PRIME, res_scale=res_scale)
-    _randomize(t, seed=order)
+    randomize_weights(t, seed=order)
     return t.eval()
 
 
@@ -128,7 +119,7 @@ def test_fast_step_falls_back_to_plain_path_errors():
 def _prior() -> ConditionalAutoregressive2D:
     m = ConditionalAutoregressive2D((N_CTX,), bins=40, width=W, depth=4, heads=HEADS, attn_order=6, blocks=BLOCKS,
                                     x_cond=True, y_cond=True, encoder_dims=ENC)
-    _randomize(m, seed=7)
+    randomize_weights(m, seed=7)
     return m.eval()
 
 

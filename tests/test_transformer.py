@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MANIFESTS, load_fixture
+from conftest import MANIFESTS, load_fixture, randomize_weights
 from jukebox.transformer.factored_attention import FactoredAttention
 from jukebox.transformer.ops import ACT_FNS, Conv1D, LayerNorm, convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer, layer_attn_func
@@ -40,30 +40,19 @@ def _one_thread(_deterministic_threads):
     torch.set_num_threads(1)
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Weights with O(1) activations and attention scores, so every pattern visibly matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith(".w"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.7 / math.sqrt(p.shape[0]))
-            elif "ln_" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def _transformer(attn_order: int, depth: int | None = None, dtype=torch.float32, **kw) -> Transformer:
     t = Transformer(W, N_CTX, HEADS, ORDER_DEPTHS[attn_order] if depth is None else depth, mask=True,
                     attn_order=attn_order, blocks=BLOCKS, spread=SPREAD, encoder_dims=ENC, prime_len=PRIME, **kw)
-    _randomize(t, seed=attn_order)
+    randomize_weights(t, seed=attn_order)
     return t.eval().to(dtype)
 
 
 def _attention(attn_func: int, dtype=torch.float64, mask: bool = True) -> FactoredAttention:
     a = FactoredAttention(W, N_CTX, W // 2, HEADS, mask=mask, attn_func=attn_func, blocks=BLOCKS, spread=SPREAD,
                           encoder_dims=ENC, prime_len=PRIME)
-    _randomize(a, seed=100 + attn_func)
+    randomize_weights(a, seed=100 + attn_func)
     return a.eval().to(dtype)
 
 
