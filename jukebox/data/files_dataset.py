@@ -152,9 +152,9 @@ class FilesAudioDataset(Dataset):
             rel = path.relative_to(self.root).as_posix()
             entry = old.get(rel)
             if path in stale:
-                entry, changed = self._probe(path, st), True
+                entry, changed = self._measure_file(path, st, decode=False), True
             if entry.get("error") is None and entry.get("peak") is None and self._within_bounds(entry):
-                entry, changed = self._scan(path, st), True
+                entry, changed = self._measure_file(path, st, decode=True), True
             entries[rel] = entry
         if changed:
             try:
@@ -169,22 +169,17 @@ class FilesAudioDataset(Dataset):
         return entry is None or entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns
 
     @staticmethod
-    def _probe(path: Path, st: os.stat_result) -> dict:
+    def _measure_file(path: Path, st: os.stat_result, decode: bool) -> dict:
+        """The cache entry of ``path``: header facts only, or with ``decode`` the exact length and peak."""
         entry: dict[str, Any] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, peak=None, error=None)
         try:
-            info = audio_info(path)
+            info = scan_audio(path) if decode else audio_info(path)
         except AudioReadError as e:
             return {**entry, "error": e.reason}
-        return {**entry, "sr": info.sr, "frames": info.frames, "channels": info.channels}
-
-    @staticmethod
-    def _scan(path: Path, st: os.stat_result) -> dict:
-        entry: dict[str, Any] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, peak=None, error=None)
-        try:
-            info = scan_audio(path)
-        except AudioReadError as e:
-            return {**entry, "error": e.reason}
-        return {**entry, "sr": info.sr, "frames": info.frames, "channels": info.channels, "peak": info.peak}
+        entry.update(sr=info.sr, frames=info.frames, channels=info.channels)
+        if decode:
+            entry["peak"] = info.peak
+        return entry
 
     def _within_bounds(self, entry: Mapping[str, Any]) -> bool:
         seconds = entry["frames"] / entry["sr"]
