@@ -150,8 +150,9 @@ def read_items(folder: str) -> list[np.ndarray]:
     return [sf.read(f, dtype="float32", always_2d=True)[0].mean(axis=1) for f in files]
 
 
-def evaluate_samples(model: str, prompt_file: str, music: np.ndarray, sr: int, workdir: str, seconds: float,
-                     prompt_seconds: float, n_samples: int, seed: int) -> dict[str, Any]:
+def evaluate_samples(model: str, prompt_files: Sequence[str], music: np.ndarray, sr: int, workdir: str,
+                     seconds: float, prompt_seconds: float, n_samples: int, seed: int) -> dict[str, Any]:
+    """Ancestral samples, and for each held-out file a primed run on its first ``prompt_seconds``."""
     from jukebox.sample import run as sample_run
 
     common = dict(model=model, levels=3, sample_length_in_seconds=seconds, total_sample_length_in_seconds=seconds,
@@ -159,21 +160,24 @@ def evaluate_samples(model: str, prompt_file: str, music: np.ndarray, sr: int, w
     start = time.time()
     sample_run(name=os.path.join(workdir, "ancestral"), mode="ancestral", **common)
     ancestral_sec = time.time() - start
-    sample_run(name=os.path.join(workdir, "primed"), mode="primed", audio_file=prompt_file,
-               prompt_length_in_seconds=prompt_seconds, **common)
     ancestral = read_items(os.path.join(workdir, "ancestral"))
-    primed = read_items(os.path.join(workdir, "primed"))
     cut = int(prompt_seconds * sr)
-    prompt = load_audio(prompt_file, sr=sr, offset=0, duration=cut, channels=1)[0]
+    continuation = []
+    for i, prompt_file in enumerate(prompt_files):
+        name = os.path.join(workdir, f"primed_{i}")
+        sample_run(name=name, mode="primed", audio_file=prompt_file, prompt_length_in_seconds=prompt_seconds,
+                   **common)
+        prompt = load_audio(prompt_file, sr=sr, offset=0, duration=cut, channels=1)[0]
+        continuation.append(dict(
+            prompt_file=os.path.basename(prompt_file),
+            primed_distance_db=[spectrum_distance(p[cut:], prompt, sr) for p in read_items(name)],
+            unprimed_distance_db=[spectrum_distance(a[cut:], prompt, sr) for a in ancestral]))
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(len(music)).astype(np.float32) * float(np.sqrt(np.mean(music ** 2)))
     return dict(
         seconds=seconds, n_samples=n_samples, seed=seed, ancestral_wall_sec=ancestral_sec,
         ancestral=[audio_stats(a, sr) for a in ancestral], held_out_music=audio_stats(music, sr),
-        white_noise=audio_stats(noise, sr), prompt_file=os.path.basename(prompt_file), prompt_seconds=prompt_seconds,
-        primed_distance_db=[spectrum_distance(p[cut:], prompt, sr) for p in primed],
-        unprimed_distance_db=[spectrum_distance(a[cut:], prompt, sr) for a in ancestral],
-    )
+        white_noise=audio_stats(noise, sr), prompt_seconds=prompt_seconds, continuation=continuation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,11 +214,15 @@ def table(result: dict[str, Any]) -> str:
         for name in ("held_out_music", "white_noise"):
             a = smp[name]
             lines.append(f"| {name.replace('_', ' ')} | {a['rms']:.4f} | {a['spectral_flatness']:.4f} |")
-        lines += ["", f"Distance (mean |dB| of the mean log-mel spectrum) to the {smp['prompt_seconds']} s prompt "
-                      f"from {smp['prompt_file']}, of the audio after it:", "",
-                  "| Sample | primed continuation | unprimed sample |", "|---|---|---|"]
-        for i, (p, u) in enumerate(zip(smp["primed_distance_db"], smp["unprimed_distance_db"])):
-            lines.append(f"| {i} | {p:.2f} dB | {u:.2f} dB |")
+        lines += ["", f"Distance (mean |dB| of the mean log-mel spectrum) of the audio after the prompt to the "
+                      f"{smp['prompt_seconds']} s prompt (the start of each held-out track):", "",
+                  "| Prompt | sample | primed continuation | unprimed sample |", "|---|---|---|---|"]
+        for c in smp["continuation"]:
+            for i, (p, u) in enumerate(zip(c["primed_distance_db"], c["unprimed_distance_db"])):
+                lines.append(f"| {c['prompt_file']} | {i} | {p:.2f} dB | {u:.2f} dB |")
+        primed = [d for c in smp["continuation"] for d in c["primed_distance_db"]]
+        unprimed = [d for c in smp["continuation"] for d in c["unprimed_distance_db"]]
+        lines.append(f"| mean | | {np.mean(primed):.2f} dB | {np.mean(unprimed):.2f} dB |")
     return "\n".join(lines)
 
 
@@ -261,7 +269,7 @@ def main(model: str = "demo", test_dir: str = "data/demo/test", out: str = "juke
             result["training"] = json.load(f)
     if samples:
         music = x.flatten().numpy()
-        result["samples"] = evaluate_samples(model, files[-1], music, vq_hps.sr, workdir, sample_seconds,
+        result["samples"] = evaluate_samples(model, files, music, vq_hps.sr, workdir, sample_seconds,
                                              prompt_seconds, n_samples, seed)
     text = table(result)
     print(text)

@@ -191,9 +191,13 @@ def test_an_exception_on_one_rank_ends_the_whole_mpi_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_saves_latest(tmp_path):
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_sigterm_stops_cleanly_and_saves_latest(tmp_path, target):
+    """SIGTERM to the trainer, or to its whole process group with a loader worker (what a terminal's
+    Ctrl-C or a job scheduler does): the step in progress ends and checkpoint_latest holds it."""
     logdir = tmp_path / "logs" / "term"
-    proc = _start([PYTHON, TRAIN, "--name=term", *TINY_VQVAE, f"--local_logdir={tmp_path / 'logs'}",
+    workers = "--nworkers=1" if target == "group" else "--nworkers=0"
+    proc = _start([PYTHON, TRAIN, "--name=term", *TINY_VQVAE, workers, f"--local_logdir={tmp_path / 'logs'}",
                    "--exit_train=100000", "--save_iters=100000"], tmp_path)
     deadline = time.time() + 150
     while time.time() < deadline and proc.poll() is None:
@@ -201,10 +205,13 @@ def test_sigterm_stops_cleanly_and_saves_latest(tmp_path):
             break
         time.sleep(0.5)
     assert proc.poll() is None, "training ended before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     code, out = _finish(proc, timeout=60)
     assert code == 128 + signal.SIGTERM, out[-3000:]
-    assert "Received signal" in out
+    assert "Received signal" in out and "Traceback" not in out, out[-3000:]
     ckpt = _load(logdir / "checkpoint_latest.pth.tar")
     assert ckpt["step"] == _records(logdir)[-1]["step"] >= 3
 

@@ -7,6 +7,7 @@ every epoch by ``set_epoch``.
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,6 +21,14 @@ from jukebox.utils.audio_utils import audio_postprocess, audio_preprocess, calcu
 from jukebox.utils.dist_utils import get_rank, get_world_size, is_distributed, print_once
 
 __all__ = ["DataProcessor", "OffsetDataset", "collate", "get_bandwidth", "audio_preprocess", "audio_postprocess"]
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C/SIGTERM to the training process: a terminal or job scheduler signals
+    the whole process group, and a worker killed by it would abort the checkpoint the trainer saves on
+    that signal. Workers still end with their loader (or when the trainer dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class OffsetDataset(Dataset):
@@ -111,7 +120,8 @@ class DataProcessor:
 
     def create_data_loaders(self, hps: Any) -> None:
         common = dict(batch_size=hps.bs, num_workers=hps.nworkers, collate_fn=collate,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=hps.nworkers > 0)
+                      pin_memory=torch.cuda.is_available(), persistent_workers=hps.nworkers > 0,
+                      worker_init_fn=_ignore_stop_signals if hps.nworkers > 0 else None)
         self.train_loader = DataLoader(self.train_dataset, sampler=self.train_sampler, drop_last=True, **common)
         self.test_loader = DataLoader(self.test_dataset, sampler=self.test_sampler, drop_last=False, **common)
 

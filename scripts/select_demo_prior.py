@@ -1,0 +1,56 @@
+"""Test bits per token of every saved checkpoint of one demo prior level, to pick the one to export.
+
+    python scripts/select_demo_prior.py --level=1 [--vqvae=logs/demo_vqvae/checkpoint_latest.pth.tar]
+
+The small demo priors overfit the 11 training tracks late in training, so the last checkpoint is not
+always the best one. This scores ``logs/demo_prior_level_{level}/checkpoint_step_*.pth.tar`` (their EMA
+weights) on the held-out tracks exactly as ``scripts/evaluate_demo.py`` does and prints the best path.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+
+import fire
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from evaluate_demo import bits_per_token, load_excerpts  # noqa: E402
+
+from jukebox.hparams import setup_hparams  # noqa: E402
+from jukebox.make_models import MODELS, make_prior, make_vqvae  # noqa: E402
+
+
+def main(level: int, vqvae: str = "logs/demo_vqvae/checkpoint_latest.pth.tar", logs: str = "logs",
+         test_dir: str = "data/demo/test", offset_sec: float = 30.0, seconds: float = 60.0,
+         piece_sec: float = 12.0, every: int = 1) -> None:
+    """Print the test bits of every ``every``-th checkpoint of ``level`` (counted back from the last) and the best."""
+    model = MODELS["demo"]
+    vq_hps = setup_hparams(model[0], dict(restore_vqvae=vqvae))
+    files = sorted(f for f in glob.glob(os.path.join(test_dir, "*.*")) if not f.endswith((".txt", ".json")))
+    if not files:
+        raise FileNotFoundError(f"no audio files in {test_dir}; run scripts/prepare_demo_data.sh first")
+    hop = vq_hps.strides_t[0] ** sum(vq_hps.downs_t)
+    x = load_excerpts(files, vq_hps.sr, offset_sec, seconds, piece_sec, hop)
+    vq = make_vqvae(setup_hparams(model[0], dict(restore_vqvae=vqvae, sample_length=x.shape[1])), "cpu")
+    with torch.no_grad():
+        zs = vq.encode(x, bs_chunks=x.shape[0])
+    paths = glob.glob(os.path.join(logs, f"demo_prior_level_{level}", "checkpoint_step_*.pth.tar"))
+    if not paths:
+        raise FileNotFoundError(f"no checkpoint_step_*.pth.tar under {logs}/demo_prior_level_{level}")
+    paths.sort(key=lambda p: int(re.search(r"checkpoint_step_(\d+)", p).group(1)))
+    paths = paths[::-1][::every][::-1]
+    scores = {}
+    for path in paths:
+        hps = setup_hparams(model[1 + level], dict(restore_prior=path, sample_length=x.shape[1]))
+        bits, _ = bits_per_token(make_prior(hps, vq, "cpu"), zs)
+        scores[path] = bits
+        print(f"{path}: {bits:.3f} bits/token", flush=True)
+    best = min(scores, key=scores.get)
+    print(f"best: {best} ({scores[best]:.3f})")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
