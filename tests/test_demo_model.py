@@ -104,6 +104,9 @@ def test_card_quotes_the_measured_numbers():
     vq = result["vqvae"]
     for t, u in zip(vq["trained"], vq["untrained"]):
         assert t["spectral_convergence"] < min(u["spectral_convergence"], vq["silence"]["spectral_convergence"])
+    # continuation: closer to its prompt's spectrum than an unprimed sample, for every prompt and sample
+    for c in result["samples"]["continuation"]:
+        assert all(p < u for p, u in zip(c["primed_distance_db"], c["unprimed_distance_db"]))
 
 
 def test_evaluation_metrics_on_known_signals():
