@@ -34,6 +34,7 @@ from jukebox.make_models import MODELS, make_model, make_vqvae
 from jukebox.utils.atomic import atomic_write
 from jukebox.utils.audio_utils import multispectral_loss, spectral_convergence
 from jukebox.utils.io import load_audio
+from jukebox.vqvae.vqvae import calculate_hop_lengths
 
 CARD_START, CARD_END = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
 N_MELS = 64
@@ -54,6 +55,16 @@ def load_excerpts(files: Sequence[str], sr: int, offset_sec: float, seconds: flo
         x = load_audio(f, sr=sr, offset=int(offset_sec * sr), duration=n_pieces * piece, channels=1)[0]
         xs.append(torch.from_numpy(x).reshape(n_pieces, piece))
     return torch.cat(xs).unsqueeze(-1)
+
+
+def held_out_audio(test_dir: str, vq_hps: Hyperparams, offset_sec: float, seconds: float,
+                   piece_sec: float) -> tuple[list[str], torch.Tensor]:
+    """The audio files of ``test_dir`` and their excerpts ``(N, T, 1)``, T a multiple of the top hop."""
+    files = sorted(f for f in glob.glob(os.path.join(test_dir, "*.*")) if not f.endswith((".txt", ".json")))
+    if not files:
+        raise FileNotFoundError(f"no audio files in {test_dir}; run scripts/prepare_demo_data.sh first")
+    hop = calculate_hop_lengths(vq_hps.strides_t, vq_hps.downs_t)[-1]
+    return files, load_excerpts(files, vq_hps.sr, offset_sec, seconds, piece_sec, hop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,13 +255,8 @@ def main(model: str = "demo", test_dir: str = "data/demo/test", out: str = "juke
          workdir: str = "logs/evaluate_demo") -> None:
     """Evaluate ``model`` on the audio files in ``test_dir``; write ``{out}/evaluation.json`` and the card's table."""
     torch.manual_seed(seed)
-    files = sorted(glob.glob(os.path.join(test_dir, "*.*")))
-    files = [f for f in files if not f.endswith((".txt", ".json"))]
-    if not files:
-        raise FileNotFoundError(f"no audio files in {test_dir}; run scripts/prepare_demo_data.sh first")
     vq_hps = setup_hparams(MODELS[model][0], {})
-    hop = vq_hps.strides_t[0] ** sum(vq_hps.downs_t)
-    x = load_excerpts(files, vq_hps.sr, offset_sec, seconds, piece_sec, hop)
+    files, x = held_out_audio(test_dir, vq_hps, offset_sec, seconds, piece_sec)
     hps = Hyperparams(sample_length=x.shape[1], sr=vq_hps.sr)
     vqvae, priors = make_model(model, "cpu", hps)
     torch.manual_seed(seed)

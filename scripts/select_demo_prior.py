@@ -17,7 +17,7 @@ import fire
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from evaluate_demo import bits_per_token, load_excerpts  # noqa: E402
+from evaluate_demo import bits_per_token, held_out_audio  # noqa: E402
 
 from jukebox.hparams import setup_hparams  # noqa: E402
 from jukebox.make_models import MODELS, make_prior, make_vqvae  # noqa: E402
@@ -29,19 +29,16 @@ def main(level: int, vqvae: str = "logs/demo_vqvae/checkpoint_latest.pth.tar", l
     """Print the test bits of every ``every``-th checkpoint of ``level`` (counted back from the last) and the best."""
     model = MODELS["demo"]
     vq_hps = setup_hparams(model[0], dict(restore_vqvae=vqvae))
-    files = sorted(f for f in glob.glob(os.path.join(test_dir, "*.*")) if not f.endswith((".txt", ".json")))
-    if not files:
-        raise FileNotFoundError(f"no audio files in {test_dir}; run scripts/prepare_demo_data.sh first")
-    hop = vq_hps.strides_t[0] ** sum(vq_hps.downs_t)
-    x = load_excerpts(files, vq_hps.sr, offset_sec, seconds, piece_sec, hop)
-    vq = make_vqvae(setup_hparams(model[0], dict(restore_vqvae=vqvae, sample_length=x.shape[1])), "cpu")
+    _, x = held_out_audio(test_dir, vq_hps, offset_sec, seconds, piece_sec)
+    vq_hps.sample_length = x.shape[1]
+    vq = make_vqvae(vq_hps, "cpu")
     with torch.no_grad():
         zs = vq.encode(x, bs_chunks=x.shape[0])
     paths = glob.glob(os.path.join(logs, f"demo_prior_level_{level}", "checkpoint_step_*.pth.tar"))
     if not paths:
         raise FileNotFoundError(f"no checkpoint_step_*.pth.tar under {logs}/demo_prior_level_{level}")
     paths.sort(key=lambda p: int(re.search(r"checkpoint_step_(\d+)", p).group(1)))
-    paths = paths[::-1][::every][::-1]
+    paths = paths[(len(paths) - 1) % every::every]  # every-th, always ending with the last
     scores = {}
     for path in paths:
         hps = setup_hparams(model[1 + level], dict(restore_prior=path, sample_length=x.shape[1]))

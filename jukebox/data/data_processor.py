@@ -121,7 +121,7 @@ class DataProcessor:
     def create_data_loaders(self, hps: Any) -> None:
         common = dict(batch_size=hps.bs, num_workers=hps.nworkers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), persistent_workers=hps.nworkers > 0,
-                      worker_init_fn=_ignore_stop_signals if hps.nworkers > 0 else None)
+                      worker_init_fn=_ignore_stop_signals)
         self.train_loader = DataLoader(self.train_dataset, sampler=self.train_sampler, drop_last=True, **common)
         self.test_loader = DataLoader(self.test_dataset, sampler=self.test_sampler, drop_last=False, **common)
 
