@@ -18,25 +18,18 @@ not counted in per-step figures; end-to-end rates are printed too.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import time
+from dataclasses import dataclass, field
 
-if __name__ == "__main__":
-    # Idle OpenMP threads sleep instead of spinning: on a machine whose cores other processes also
-    # use, spinning threads steal the time slices of working ones, which made 4-sample steps several
-    # times slower there. It must be set before torch starts; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import torch  # noqa: E402
-
-from jukebox.hparams import setup_hparams  # noqa: E402
-from jukebox.make_models import make_prior, make_vqvae  # noqa: E402
-from jukebox.utils.dist_utils import print_once  # noqa: E402
-from jukebox.vqvae.vqvae import calculate_hop_lengths  # noqa: E402
+from jukebox.hparams import setup_hparams
+from jukebox.make_models import make_prior, make_vqvae
+from jukebox.utils.dist_utils import print_once
+from jukebox.vqvae.vqvae import calculate_hop_lengths
 
 __all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run"]
 
@@ -168,7 +161,8 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
                cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph, plain_step=plain_step)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out["load_average"] = load
-    log(f"{hps} on {dev} ({threads} threads, {os.cpu_count()} cores, load average {load:.1f})"
+    log(f"{hps} on {dev} ({threads} threads, {os.cpu_count()} cores, load average {load:.1f}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
         if dev.type == "cpu" else f"{hps} on {dev}")
     log(f"  {params / 1e6:.1f} M parameters; a step reads {weight_bytes / 1e6:.0f} MB of weights; "
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> floor {floor * 1e3:.1f} ms/step")
