@@ -29,13 +29,15 @@ import torch
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import make_prior, make_vqvae
 from jukebox.utils.dist_utils import print_once
+from jukebox.utils.sampling import plan_level
 from jukebox.vqvae.vqvae import calculate_hop_lengths
 
-__all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run"]
+__all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run", "project_song"]
 
 CPU_DEFAULT = "small_vqvae,small_prior"
 # The original's CUDA settings (sample.py default_sampling_kwargs): samples per pass, priming chunk.
-CUDA_DEFAULTS = {"vqvae,prior_1b_lyrics,all_fp16": (16, 32), "vqvae,upsampler_level_0,all_fp16": (16, 32)}
+TOP_1B, UPSAMPLER = "vqvae,prior_1b_lyrics,all_fp16", "vqvae,upsampler_level_0,all_fp16"
+CUDA_DEFAULTS = {TOP_1B: (16, 32), UPSAMPLER: (16, 32)}
 
 
 def _sync(device: torch.device) -> None:
@@ -88,28 +90,39 @@ def build_prior(hps_names: str, device: torch.device, seed: int = 0) -> torch.nn
 
 @dataclass
 class StepTimer:
-    """Forward pre-hook on a transformer recording ``(time, positions fed)`` of every call."""
+    """Times a sampling run: the start of every transformer call (a forward pre-hook records
+    ``(time, positions fed)``: priming chunks and plain-path steps), the end of priming, and every
+    draw of new tokens (one per step, also when the step is a replayed CUDA graph that calls no module)."""
 
     device: torch.device
     calls: list = field(default_factory=list)
+    draws: list = field(default_factory=list)
+    primed: float | None = None
     cache_bytes: int = 0
 
     def __call__(self, module, args, kwargs):
         _sync(self.device)
         self.calls.append((time.perf_counter(), args[0].shape[1]))
-        if not self.cache_bytes and args[0].shape[1] == 1 and len(self.calls) > 1:
-            self.cache_bytes = sum(buf.numel() * buf.element_size() for block in module._attn_mods
+
+    def on_primed(self) -> None:
+        _sync(self.device)
+        self.primed = time.perf_counter()
+
+    def on_draw(self, transformer: torch.nn.Module) -> None:
+        _sync(self.device)
+        self.draws.append(time.perf_counter())
+        if not self.cache_bytes:
+            self.cache_bytes = sum(buf.numel() * buf.element_size() for block in transformer._attn_mods
                                    for buf in block.attn.cache.values())
 
     def step_times(self, skip: int = 1) -> list[float]:
-        """Seconds between consecutive one-position calls, after the first ``skip`` of them."""
-        steps = [(t, n) for t, n in self.calls if n == 1][skip:]
-        return [b[0] - a[0] for a, b in zip(steps, steps[1:])]
+        """Seconds between consecutive draws (one step and its draw each), after the first ``skip``
+        (which hold the cache allocation and the CUDA graph capture)."""
+        return [b - a for a, b in zip(self.draws[skip:], self.draws[skip + 1:])]
 
     def prime_time(self) -> float:
-        """Seconds from the first priming call to the first one-position call."""
-        first_step = next(t for t, n in self.calls if n == 1)
-        return first_step - self.calls[0][0]
+        """Seconds from the start of the first priming chunk to the end of the last."""
+        return self.primed - self.calls[0][0]
 
 
 def _conds(model: torch.nn.Module, n: int, device: torch.device, dtype: torch.dtype, g: torch.Generator):
@@ -126,6 +139,18 @@ def _conds(model: torch.nn.Module, n: int, device: torch.device, dtype: torch.dt
 def _timed(model, device, fn) -> tuple[StepTimer, float]:
     timer = StepTimer(device)
     handle = model.transformer.register_forward_pre_hook(timer, with_kwargs=True)
+    draw, check_cache = model._draw, model.transformer.check_cache
+
+    def timed_draw(*args, **kwargs):
+        timer.on_draw(model.transformer)
+        return draw(*args, **kwargs)
+
+    def timed_check_cache(*args, **kwargs):  # sampling checks the cache once, right after priming
+        timer.on_primed()
+        return check_cache(*args, **kwargs)
+
+    # Instance attributes shadow the methods for this run only.
+    model._draw, model.transformer.check_cache = timed_draw, timed_check_cache
     try:
         _sync(device)
         t = time.perf_counter()
@@ -134,6 +159,7 @@ def _timed(model, device, fn) -> tuple[StepTimer, float]:
         return timer, time.perf_counter() - t
     finally:
         handle.remove()
+        del model._draw, model.transformer.check_cache
 
 
 def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples: tuple[int, ...] = (1, 4),
@@ -156,7 +182,8 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     weight_bytes = weight_bytes_per_step(model, cpu_fp16_weights and dev.type == "cpu")
     bandwidth = measure_bandwidth(dev)
     floor = weight_bytes / bandwidth
-    out = dict(hps=hps, device=str(dev), threads=threads if dev.type == "cpu" else None, params=params,
+    # A merged lyrics sequence (single_enc_dec) sits before the n_ctx music tokens of every window.
+    out = dict(hps=hps, device=str(dev), n_ctx=prior.n_ctx, prefix_tokens=model.input_dims - prior.n_ctx, threads=threads if dev.type == "cpu" else None, params=params,
                weight_bytes=weight_bytes, bandwidth=bandwidth, floor_s=floor, fp16=fp16,
                cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph, plain_step=plain_step)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -200,7 +227,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         timer, total = _timed(model, dev, lambda: sample(n, prefix, prime_tokens + new_tokens, chunk_size))
         if r:
             primes.append(timer.prime_time())
-            news.append(total - timer.prime_time())
+            news.append(total - primes[-1])
     prime_s, new_s = statistics.median(primes), statistics.median(news)
     out["priming"] = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
                           tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
@@ -220,6 +247,37 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
         log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
             f"{deep_step / start_step:.2f}x the step near the start ({start_step * 1e3:.1f} ms, timed right after)")
+    return out
+
+
+def project_song(seconds: float, levels: list[dict], n_ctx: list[int], hops: list[int],
+                 hop_fraction: tuple[float, ...] = (0.5, 0.5, 0.125), sr: int = 44100) -> dict:
+    """Seconds to sample ``seconds`` of music, level by level from the top, from measured rates.
+
+    ``levels[k]``: the ``run`` results of level k's prior at the batch of one pass (its ancestral
+    ``step_s`` and its priming rate); windows are those ``sample.py`` draws (``plan_level`` with
+    ``hop_fraction``): a window primes the tokens it shares with earlier ones, then steps through the
+    new ones (a merged lyrics prefix, ``prefix_tokens``, is primed in every window). Conditioning,
+    the lyrics encoder and VQ-VAE decoding (once per window or level) are left out.
+    """
+    sample_length = int(seconds * sr) // hops[-1] * hops[-1]
+    out = {}
+    for k in reversed(range(len(levels))):
+        res = levels[k]
+        (step_key,) = [key for key in res if key.startswith("ancestral_n")]
+        step_s, batch = res[step_key]["step_s"], int(step_key[len("ancestral_n"):])
+        prime_s_per_token = res["priming"]["n_samples"] / res["priming"]["tokens_per_s"]
+        total = sample_length // hops[k]
+        windows = plan_level(total, n_ctx[k], int(hop_fraction[k] * n_ctx[k]), 0)
+        have, primed, new = 0, 0, 0
+        for start, sample_tokens in windows:
+            prefix = max(0, min(have - start, sample_tokens))
+            primed += prefix + res.get("prefix_tokens", 0)
+            new += sample_tokens - prefix
+            have = max(have, start + sample_tokens)
+        out[k] = dict(tokens=total, windows=len(windows), primed=primed, new=new, batch=batch,
+                      seconds=primed * prime_s_per_token + new * step_s)
+    out["total_seconds"] = sum(v["seconds"] for v in out.values())
     return out
 
 
@@ -245,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="on CUDA, launch every kernel of a step instead of replaying it as one CUDA graph")
     p.add_argument("--plain_step", action="store_true",
                    help="step through the plain module path instead of the StepPlan (for comparison)")
+    p.add_argument("--song_seconds", type=float, default=20.0,
+                   help="with the CUDA default sets: project the time to sample this much music with 1b_lyrics")
     a = p.parse_args(argv)
     cuda = a.device.startswith("cuda")
     sets = [a.hps] if a.hps else (list(CUDA_DEFAULTS) if cuda else [CPU_DEFAULT])
@@ -257,6 +317,21 @@ def main(argv: list[str] | None = None) -> dict:
                            new_tokens=a.new_tokens, prime_samples=a.prime_samples or n_samples[0], deep=a.deep,
                            deep_chunk=a.deep_chunk, fp16=a.fp16 or cuda, cpu_fp16_weights=a.cpu_fp16_weights,
                            cuda_graph=cuda and not a.no_cuda_graph, plain_step=a.plain_step)
+    if TOP_1B in results and UPSAMPLER in results and a.song_seconds:
+        # upsampler_level_1 has upsampler_level_0's architecture, so its steps cost the same.
+        hps = setup_hparams(TOP_1B, {})
+        hops = calculate_hop_lengths(hps.strides_t, hps.downs_t)
+        n_ctx = [results[UPSAMPLER]["n_ctx"]] * 2 + [results[TOP_1B]["n_ctx"]]
+        song = project_song(a.song_seconds, [results[UPSAMPLER]] * 2 + [results[TOP_1B]], n_ctx, hops, sr=hps.sr)
+        results["song"] = song
+        print_once(f"1b_lyrics, {a.song_seconds:g} s of music, {song[2]['batch']} samples per pass, the README's "
+                   f"hop_fraction 0.5,0.5,0.125, projected from the step and priming rates above:")
+        for k in (2, 1, 0):
+            v = song[k]
+            print_once(f"  level {k}: {v['tokens']} tokens in {v['windows']} windows ({v['primed']} primed, "
+                       f"{v['new']} drawn): {v['seconds']:.0f} s")
+        print_once(f"  total {song['total_seconds']:.0f} s = {song['total_seconds'] / 60:.1f} min "
+                   f"(the original: about 3 hours on a V100)")
     return results
 
 

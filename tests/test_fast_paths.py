@@ -2,13 +2,15 @@
 
 For every attention function and a mix of them, one-token steps through the ``StepPlan``, both the
 Python-position step and the fixed-shape (CUDA-graph-ready) step run eagerly on CPU, must give the
-logits of the plain path and of one full forward pass. No test here measures time.
+logits of the plain path and of one full forward pass. Where CUDA is available the prior-level tests
+also run there, with the step captured and replayed as a real CUDA graph. No test here measures time.
 """
 from __future__ import annotations
 
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import randomize_weights
 
@@ -19,6 +21,8 @@ from jukebox.transformer.transformer import Transformer
 
 W, N_CTX, BLOCKS, HEADS, SPREAD, ENC, PRIME = 32, 72, 6, 2, 3, 16, 16
 N = 2
+# CPU always; CUDA too where there is one (the CUDA graph capture and half-precision steps).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # One layer per attention function, then orders mixing them.
 ORDERS = {f"func_{f}": (order, depth) for f, order, depth in
           [(0, 0, 1), (1, 1, 1), (2, 9, 4), (3, 2, 3), (4, 3, 2), (5, 4, 2), (6, 6, 4), (7, 12, 16)]}
@@ -116,19 +120,25 @@ def test_fast_step_falls_back_to_plain_path_errors():
     assert model.step_plan(x[:, :1]) is None
 
 
-def _prior() -> ConditionalAutoregressive2D:
+def _prior(device: str = "cpu") -> ConditionalAutoregressive2D:
     m = ConditionalAutoregressive2D((N_CTX,), bins=40, width=W, depth=4, heads=HEADS, attn_order=6, blocks=BLOCKS,
                                     x_cond=True, y_cond=True, encoder_dims=ENC)
     randomize_weights(m, seed=7)
-    return m.eval()
+    return m.eval().to(device)
+
+
+def _prior_inputs(seed: int, device: str = "cpu"):
+    """Tokens ``(N, N_CTX)`` and x_cond, y_cond, encoder_kv for ``_prior``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(40, (N, N_CTX), generator=g)
+    conds = (torch.randn(N, N_CTX, W, generator=g), torch.randn(N, 1, W, generator=g),
+             torch.randn(N, ENC, W, generator=g))
+    return x.to(device), *(c.to(device) for c in conds)
 
 
 def test_prior_cached_logits_fast_equal_plain_and_forward():
     m = _prior()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(40, (N, N_CTX), generator=g)
-    x_cond, y_cond, enc = (torch.randn(N, N_CTX, W, generator=g), torch.randn(N, 1, W, generator=g),
-                           torch.randn(N, ENC, W, generator=g))
+    x, x_cond, y_cond, enc = _prior_inputs(3)
     with torch.no_grad():
         _, full = m(x, x_cond, y_cond, enc, get_preds=True)
         fast = m.cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
@@ -138,13 +148,14 @@ def test_prior_cached_logits_fast_equal_plain_and_forward():
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
 
 
-def test_prior_static_step_cuda_graph_logic_on_cpu():
-    """cuda_graph=True runs the fixed-shape step (eagerly off CUDA): same logits, same draws."""
-    m = _prior()
-    g = torch.Generator().manual_seed(5)
-    x = torch.randint(40, (N, N_CTX), generator=g)
-    x_cond, y_cond, enc = (torch.randn(N, N_CTX, W, generator=g), torch.randn(N, 1, W, generator=g),
-                           torch.randn(N, ENC, W, generator=g))
+@pytest.mark.parametrize("device", DEVICES)
+def test_prior_static_step_matches_plain_path(device):
+    """cuda_graph=True runs the fixed-shape step (a replayed CUDA graph on CUDA, eagerly elsewhere):
+    same logits, same draws. On CUDA, half precision too: the replayed fp16 step gives the eager fp16
+    step's logits, both within half-precision rounding of the float32 forward pass."""
+    m = _prior(device)
+    x, x_cond, y_cond, enc = _prior_inputs(5, device)
+    atol = 1e-5 if device == "cpu" else 1e-4  # CUDA kernels reduce in another order
     with torch.no_grad():
         plain = m.cached_logits(x, x_cond, y_cond, enc, n_prime=7, chunk_size=3)
         m.cuda_graph = True
@@ -152,14 +163,23 @@ def test_prior_static_step_cuda_graph_logic_on_cpu():
         ancestral = m.cached_logits(x, x_cond[:, :1], y_cond, enc)
         m.cuda_graph = False
         ancestral_plain = m.cached_logits(x, x_cond[:, :1], y_cond, enc)
-    torch.testing.assert_close(static, plain, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ancestral, ancestral_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(static, plain, atol=atol, rtol=0)
+    torch.testing.assert_close(ancestral, ancestral_plain, atol=atol, rtol=0)
     samples = []
     for flag in (True, False):
         m.cuda_graph = flag
         torch.manual_seed(1)
         samples.append(m.sample(N, x_cond, y_cond, enc, sample_tokens=30))
     assert torch.equal(samples[0], samples[1])
+    if device == "cuda":
+        with torch.no_grad():
+            _, full = m(x, x_cond, y_cond, enc, get_preds=True)
+            m.cuda_graph = False
+            eager = m.cached_logits(x, x_cond, y_cond, enc, fp16=True, n_prime=7, chunk_size=3)
+            m.cuda_graph = True
+            graph = m.cached_logits(x, x_cond, y_cond, enc, fp16=True, n_prime=7, chunk_size=3)
+        torch.testing.assert_close(graph, eager, atol=5e-3, rtol=0)  # fp16 rounding, other sum order
+        torch.testing.assert_close(eager, full, atol=2e-2, rtol=0)
 
 
 def test_seeded_sampling_is_the_same_on_both_paths():
@@ -204,25 +224,53 @@ def test_fp16_weights_use_packed_gemm_and_match():
 
 
 def test_bench_helpers_count_weights_and_steps():
-    """The benchmark's floor counts every weight a step reads; its hook sees every step (no timing asserted)."""
-    from jukebox.bench import StepTimer, weight_bytes_per_step
+    """The benchmark's floor counts every weight a step reads; its timer sees the priming and every step, on both step paths (no timing asserted)."""
+    from jukebox.bench import _timed, weight_bytes_per_step
 
     m = _prior()
     linear_w = sum(p.numel() for n, p in m.transformer.named_parameters() if n.endswith(".w"))
     everything = sum(p.numel() for p in m.transformer.parameters()) + m.x_out.weight.numel()
     assert weight_bytes_per_step(m) == 4 * everything
     assert weight_bytes_per_step(m, cpu_fp16_weights=True) == 4 * everything - 2 * linear_w
-    timer = StepTimer(torch.device("cpu"))
-    handle = m.transformer.register_forward_pre_hook(timer, with_kwargs=True)
     g = torch.Generator().manual_seed(6)
     conds = (torch.randn(1, N_CTX, W, generator=g), torch.randn(1, 1, W, generator=g),
              torch.randn(1, ENC, W, generator=g))
-    try:
-        m.primed_sample(1, torch.randint(40, (1, 9), generator=g), *conds, chunk_size=4, sample_tokens=20)
-    finally:
-        handle.remove()
-    assert [n for _, n in timer.calls] == [4, 4, 1] + [1] * 11
-    assert len(timer.step_times()) == 10 and timer.prime_time() >= 0
-    # attn_order 6 over 4 layers: block, column, previous block, lyrics; keys + values of n_state W // 4 floats.
-    bc = N_CTX // BLOCKS
-    assert timer.cache_bytes == 2 * (bc + N_CTX + 2 * bc + ENC) * (W // 4) * 4
+    prefix = torch.randint(40, (1, 9), generator=g)
+    for graph in (False, True):
+        m.cuda_graph = graph
+        timer, total = _timed(m, torch.device("cpu"), lambda: m.primed_sample(1, prefix, *conds, chunk_size=4,
+                                                                              sample_tokens=20))
+        # Priming chunks, then one-position calls on the plain path only (a static step calls no module).
+        assert [n for _, n in timer.calls] == [4, 4, 1] + ([] if graph else [1] * 11)
+        assert len(timer.draws) == 11 and len(timer.step_times()) == 9
+        assert timer.calls[0][0] <= timer.primed <= timer.draws[0] and 0 <= timer.prime_time() <= total
+        # attn_order 6 over 4 layers: block, column, previous block, lyrics; keys + values of n_state W // 4 floats.
+        bc = N_CTX // BLOCKS
+        assert timer.cache_bytes == 2 * (bc + N_CTX + 2 * bc + ENC) * (W // 4) * 4
+    assert "_draw" not in vars(m) and "check_cache" not in vars(m.transformer)  # the methods are back
+
+
+@pytest.mark.parametrize("heads,with_idx", [(1, False), (2, True), (4, False)])
+def test_written_out_attention_matches_sdpa(heads, with_idx):
+    """The one-query attention the CUDA step compiles (fast_step._attention) equals
+    scaled_dot_product_attention on the same cache rows and additive mask, including a mask that
+    hides keys and a gather of strided rows (column attention)."""
+    from jukebox.transformer.fast_step import _attention
+
+    g = torch.Generator().manual_seed(heads)
+    n, keys, state = 3, 24, 16
+    q, key, value = (torch.randn(n, state, generator=g), torch.randn(n, keys, state, generator=g),
+                     torch.randn(n, keys, state, generator=g))
+    idx = torch.arange(2, keys, 6) if with_idx else None
+    rows = keys if idx is None else len(idx)
+    visible = torch.arange(rows) <= rows // 2
+    mask = torch.zeros(1, rows).masked_fill(~visible, float("-inf"))
+    scale = 0.3
+    got = _attention(q, key, value, mask, heads, scale, idx)
+    k, v = (key, value) if idx is None else (key[:, idx], value[:, idx])
+    split = lambda t: t.view(n, -1, heads, state // heads).transpose(1, 2)  # noqa: E731
+    ref = F.scaled_dot_product_attention(split(q[:, None]), split(k), split(v), attn_mask=visible[None], scale=scale)
+    torch.testing.assert_close(got, ref.transpose(1, 2).reshape(n, state), atol=1e-6, rtol=1e-5)
+    # Hidden keys do not matter.
+    key[:, ~visible if idx is None else idx[~visible]] = 1e4
+    torch.testing.assert_close(_attention(q, key, value, mask, heads, scale, idx), got, atol=1e-6, rtol=1e-5)

@@ -65,8 +65,9 @@ class ConditionalAutoregressive2D(nn.Module):
     sequence of encoder-decoder attention (separate encoder) or prime attention (one merged
     sequence). only_encode: return the activations, with no output layer.
 
-    ``cuda_graph = True`` (off by default) runs the one-token sampling steps with fixed shapes and,
-    on CUDA, replays each as one captured CUDA graph; the results are the plain path's.
+    ``cuda_graph``: run the one-token sampling steps with fixed shapes and, on CUDA, replay each
+    as one captured CUDA graph (results equal the plain path's to float rounding). None, the
+    default, means on CUDA only; True also runs the fixed-shape step (eagerly) elsewhere.
     """
 
     def __init__(self, input_shape: tuple[int, ...], bins: int, width: int = 128, depth: int = 2, heads: int = 1,
@@ -104,7 +105,7 @@ class ConditionalAutoregressive2D(nn.Module):
 
         self.only_encode = only_encode
         # One-token steps with fixed shapes, replayed as a CUDA graph on CUDA (eager elsewhere); see _StaticStep.
-        self.cuda_graph = False
+        self.cuda_graph: bool | None = None
         self.prime_len = prime_len
         # The merged (untied) decoder of the 5b models does not add x_cond after the transformer.
         self.add_cond_after_transformer = not merged_decoder
@@ -248,8 +249,9 @@ class ConditionalAutoregressive2D(nn.Module):
                 t += size
             self.transformer.check_cache(N, n_prime, fp16)
             static = None
+            use_graph = self.cuda_graph if self.cuda_graph is not None else x.device.type == "cuda"
             for t in range(n_prime, L):
-                if static is None and self.cuda_graph and t > 0:
+                if static is None and use_graph and t > 0:
                     static = _StaticStep.build(self, N, pos_emb, x_cond, fp16)
                 if static is not None:
                     logits = static(x[:, t - 1], t).unsqueeze(1)

@@ -24,6 +24,7 @@ the same way: about twice as fast on CPU but no longer exact (an opt-in trade, o
 """
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 
@@ -33,6 +34,93 @@ import torch.nn.functional as F
 from jukebox.transformer.ops import Conv1D, quick_gelu
 
 __all__ = ["StepPlan", "fp16_gemm_available"]
+
+
+# ---------------------------------------------------------------------- the layer arithmetic
+# Pure functions of tensors (and linear maps), shared by every step kind. On CUDA they are also
+# compiled (see ``_compiled``): their normalisation, casts, biases, activation and residual adds
+# then run as a few fused kernels between the matrix products instead of about twenty small ones.
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, half: bool) -> torch.Tensor:
+    """As ``ops.LayerNorm``: half-precision inputs are normalised in float32."""
+    if half:
+        return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps).to(x.dtype)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def _attn_in(x: torch.Tensor, norm: tuple, c_attn, half: bool) -> torch.Tensor:
+    """x ``(N, width)`` -> the attention projection of its normed value ``(N, 3 n_state)``
+    (``(N, n_state)`` queries for encoder-decoder attention)."""
+    return c_attn(_layer_norm(x, *norm, half))
+
+
+def _attn_out(x: torch.Tensor, a: torch.Tensor, c_proj, norm: tuple, c_fc, mlp_proj, act, res_scale: float,
+              half: bool) -> torch.Tensor:
+    """The rest of a ``ResAttnBlock`` after attention: x ``(N, width)``, attention output a
+    ``(N, n_state)`` -> ``(N, width)``. ``act`` None is ``quick_gelu``."""
+    a = c_proj(a)
+    h = x + a
+    m = c_fc(_layer_norm(h, *norm, half))
+    m = mlp_proj(m * torch.sigmoid(1.702 * m) if act is None else act(m))
+    if res_scale == 1.0:
+        return h + m
+    return x + res_scale * (a + m)
+
+
+def _attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, n_head: int,
+               scale: float, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per sample, written out for fusion: q ``(N, n_state)`` over the cache rows ``idx``
+    (all when None) of key/value ``(N, K, n_state)``, additive mask ``(1, K)`` -> ``(N, n_state)``.
+    Scores, softmax and the weighted sum are computed in float32."""
+    if idx is not None:
+        key, value = key.index_select(1, idx), value.index_select(1, idx)
+    n, k, state = key.shape
+    heads = (n, k, n_head, state // n_head)
+    scores = (q.view(n, 1, n_head, -1).float() * key.view(heads).float()).sum(-1) * scale  # (N, K, H)
+    if mask is not None:
+        scores = scores + mask.float().view(1, k, 1)
+    probs = torch.softmax(scores, dim=1)
+    return (probs.unsqueeze(-1) * value.view(heads).float()).sum(1).to(q.dtype).view(n, state)
+
+
+def _affine(w: torch.Tensor, b: torch.Tensor):
+    return lambda y: torch.addmm(b, y, w)
+
+
+def _attn_in_tensors(x, ln_w, ln_b, eps: float, w, b, half: bool):
+    return _attn_in(x, (ln_w, ln_b, eps), _affine(w, b), half)
+
+
+def _attn_out_tensors(x, a, w_proj, b_proj, ln_w, ln_b, eps: float, w_fc, b_fc, w_mlp, b_mlp, res_scale: float,
+                      half: bool):
+    return _attn_out(x, a, _affine(w_proj, b_proj), (ln_w, ln_b, eps), _affine(w_fc, b_fc), _affine(w_mlp, b_mlp),
+                     None, res_scale, half)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """``fn`` compiled once per process (shapes are fixed per run; every layer of a model shares it)."""
+    if fn not in _COMPILED:
+        # Inductor notes that it splits long softmax reductions; that is expected here, not news to a user.
+        warnings.filterwarnings("ignore", message="(?s).*Online softmax is disabled")
+        warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
+        # One specialisation per model width, batch and projection shape: allow more than the default 8.
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 64))
+        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[fn]
+
+
+def _can_compile(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
 
 
 def fp16_gemm_available() -> bool:
@@ -83,7 +171,7 @@ def _packed_fp16(conv: Conv1D):
 
 
 def _norm_args(ln: torch.nn.LayerNorm) -> tuple:
-    return ln.normalized_shape, ln.weight.detach(), ln.bias.detach(), ln.eps
+    return ln.weight.detach(), ln.bias.detach(), ln.eps
 
 
 class _Layer:
@@ -99,8 +187,11 @@ class _Layer:
         self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16)
         self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16)
         self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16)
-        self.act = block.mlp.act
+        self.act = None if block.mlp.act is quick_gelu else block.mlp.act
         self.res_scale = block.res_scale
+        linears = (self.c_attn, self.c_proj, self.c_fc, self.mlp_proj)
+        # Plain (w, b) products in the compute dtype with the quick_gelu of the priors: the fused form applies.
+        self.fusable = self.act is None and all(lin.packed is None and not lin.cast for lin in linears)
         self.n_state, self.n_head = attn.n_state, attn.n_head
         self.d_head = attn.n_state // attn.n_head
         self.scale = attn._score_scale
@@ -116,9 +207,13 @@ class _Layer:
 
 class StepPlan:
     """One-token steps through ``layers`` (the ``ResAttnBlock`` s of a Transformer) whose caches
-    were allocated by a first (plain) sampling pass. ``dtype``: the compute dtype."""
+    were allocated by a first (plain) sampling pass. ``dtype``: the compute dtype. ``fuse``: run
+    the layer arithmetic through ``torch.compile`` d functions (None: wherever that is possible,
+    CUDA with Triton, weights in the compute dtype; ``TORCH_COMPILE_DISABLE=1`` turns it off). The
+    fused kernels round intermediate sums once instead of after every op, so half-precision results
+    differ from the unfused ones by about that rounding."""
 
-    def __init__(self, layers, dtype: torch.dtype, cpu_fp16_weights: bool = False):
+    def __init__(self, layers, dtype: torch.dtype, cpu_fp16_weights: bool = False, fuse: bool | None = None):
         self.dtype = dtype
         device = layers[0].attn.cache["key"].device
         on_cpu = device.type == "cpu" and dtype == torch.float32
@@ -131,38 +226,41 @@ class StepPlan:
             pack = on_cpu and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
             self.layers.append(_Layer(block, dtype, pack))
         self.half_norm = dtype in (torch.float16, torch.bfloat16)
+        self.fuse = _can_compile(device) if fuse is None else fuse and _can_compile(device)
+        self._shared: dict = {}
 
     # ------------------------------------------------------------------ shared layer arithmetic
-    def _norm(self, x: torch.Tensor, args: tuple) -> torch.Tensor:
-        if self.half_norm:  # as ops.LayerNorm: normalise half inputs in float32
-            return F.layer_norm(x.float(), *args).to(x.dtype)
-        return F.layer_norm(x, *args)
-
     def _heads(self, t: torch.Tensor, L: _Layer) -> torch.Tensor:
         """``(N, K, n_state)`` -> ``(N, H, K, d_head)``."""
         return t.view(t.shape[0], t.shape[1], L.n_head, L.d_head).transpose(1, 2)
 
     def _attend(self, L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """q ``(N, n_state)`` over keys/values ``(N, K, n_state)`` -> ``(N, n_state)``."""
+                mask: torch.Tensor | None = None, idx: torch.Tensor | None = None,
+                fixed_shape: bool = False) -> torch.Tensor:
+        """q ``(N, n_state)`` over keys/values ``(N, K, n_state)`` (their rows ``idx`` if given),
+        mask ``(1, K)`` (boolean or additive) -> ``(N, n_state)``. ``fixed_shape``: K is the same at
+        every step (the static step), so the compiled attention applies without recompiling."""
+        if self.fuse and fixed_shape:
+            return _compiled(_attention)(q, k, v, mask, L.n_head, L.scale, idx)
+        if idx is not None:
+            k, v = k.index_select(1, idx), v.index_select(1, idx)
         qh = q.view(q.shape[0], 1, L.n_head, L.d_head).transpose(1, 2)
         a = F.scaled_dot_product_attention(qh, self._heads(k, L), self._heads(v, L), attn_mask=mask,
                                            scale=L.scale)
         return a.transpose(1, 2).reshape(q.shape[0], L.n_state)
 
     def _layer(self, L: _Layer, x: torch.Tensor, attend) -> torch.Tensor:
-        """One ``ResAttnBlock`` on x ``(N, width)``; ``attend(L, y)`` maps the normed input to the
-        attention output before ``c_proj``."""
-        a = L.c_proj(attend(L, self._norm(x, L.ln_0)))
-        h = x + a
-        m = L.c_fc(self._norm(h, L.ln_1))
-        m = L.mlp_proj(m * torch.sigmoid(1.702 * m) if L.act is quick_gelu else L.act(m))
-        if L.res_scale == 1.0:
-            return h + m
-        return x + L.res_scale * (a + m)
+        """One ``ResAttnBlock`` on x ``(N, width)``; ``attend(L, proj)`` maps the attention
+        projection ``c_attn`` of the normed input to the attention output before ``c_proj``."""
+        if self.fuse and L.fusable:
+            proj = _compiled(_attn_in_tensors)(x, *L.ln_0, L.c_attn.w, L.c_attn.b, self.half_norm)
+            return _compiled(_attn_out_tensors)(x, attend(L, proj), L.c_proj.w, L.c_proj.b, *L.ln_1, L.c_fc.w,
+                                                L.c_fc.b, L.mlp_proj.w, L.mlp_proj.b, L.res_scale, self.half_norm)
+        a = attend(L, _attn_in(x, L.ln_0, L.c_attn, self.half_norm))
+        return _attn_out(x, a, L.c_proj, L.ln_1, L.c_fc, L.mlp_proj, L.act, L.res_scale, self.half_norm)
 
-    def _qkv(self, L: _Layer, y: torch.Tensor):
-        qkv = L.c_attn(y)
+    @staticmethod
+    def _qkv(L: _Layer, qkv: torch.Tensor):
         s = L.n_state
         return qkv[:, :s], qkv[:, s:2 * s], qkv[:, 2 * s:]
 
@@ -176,11 +274,11 @@ class StepPlan:
             object.__setattr__(L.attn, "sample_t", t + 1)
         return x
 
-    def _attend_dynamic(self, L: _Layer, y: torch.Tensor) -> torch.Tensor:
+    def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
         t, f, key, value = self._t, L.func, L.key, L.value
         if f == 6:
-            return self._attend(L, L.c_attn(y), key, value)
-        q, k, v = self._qkv(L, y)
+            return self._attend(L, proj, key, value)
+        q, k, v = self._qkv(L, proj)
         bc = L.bc
         if f == 1:
             off = t % bc
@@ -222,55 +320,62 @@ class StepPlan:
         allocates the caches on the plain path).
         """
         self._pos = pos
+        self._shared.clear()
         for L in self.layers:
             x = self._layer(L, x, self._attend_static)
+        self._shared.clear()
         return x
+
+    def _once(self, key: tuple, make):
+        """A tensor of this step that depends only on the position and ``key`` (slots, masks),
+        computed by the first layer that needs it and reused by the others."""
+        value = self._shared.get(key)
+        if value is None:
+            value = self._shared[key] = make()
+        return value
 
     @staticmethod
     def _write(buf: torch.Tensor, slot: torch.Tensor, new: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """``buf[:, slot] = new`` for a 0-d slot tensor; where ``keep`` is True the old row stays."""
-        slot = slot.view(1)
+        """``buf[:, slot] = new`` for a one-element slot tensor; where ``keep`` is True the old row stays."""
         if keep is not None:
             new = torch.where(keep, buf.index_select(1, slot)[:, 0], new)
         buf.index_copy_(1, slot, new[:, None])
 
-    def _attend_static(self, L: _Layer, y: torch.Tensor) -> torch.Tensor:
-        pos, f, key, value = self._pos, L.func, L.key, L.value
-        if f == 6:
-            return self._attend(L, L.c_attn(y), key, value)
-        q, k, v = self._qkv(L, y)
-        bc, dev = L.bc, key.device
-        if f == 1:
-            off = pos % bc
-            self._write(key, off, k)
-            self._write(value, off, v)
-            return self._attend(L, q, key, value, mask=(torch.arange(bc, device=dev) <= off)[None])
-        if f == 2:
-            self._write(key, pos, k)
-            self._write(value, pos, v)
-            idx = pos % bc + bc * torch.arange(L.n_keys // bc, device=dev)
-            return self._attend(L, q, key.index_select(1, idx), value.index_select(1, idx),
-                                mask=(idx <= pos)[None])
-        if f == 3:
-            b = pos // bc
-            slot = b % 2 * bc + pos % bc
-            self._write(key, slot, k)
-            self._write(value, slot, v)
-            idx = (b - 1) % 2 * bc + torch.arange(bc, device=dev)
-            return self._attend(L, q, key.index_select(1, idx), value.index_select(1, idx))
-        if f in (4, 5):
-            b, s = pos // bc, L.spread
-            lo = b * bc + bc - s
-            slot = (b + 1) * s + pos - lo
-            skip = (pos < lo) | (slot >= L.n_keys)
-            slot = slot.clamp(0, L.n_keys - 1)
-            self._write(key, slot, k, skip)
-            self._write(value, slot, v, skip)
-            return self._attend(L, q, key, value, mask=(L.key_pos <= pos)[None])
-        # 0 and 7: write while inside the cache, see every key up to pos.
-        skip = pos >= L.n_keys
-        slot = pos.clamp(max=L.n_keys - 1)
-        self._write(key, slot, k, skip)
-        self._write(value, slot, v, skip)
-        return self._attend(L, q, key, value, mask=(torch.arange(L.n_keys, device=dev) <= pos)[None])
+    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
+        """A boolean mask ``(1, K)`` as the additive one attention takes without converting it per layer."""
+        return torch.zeros(visible.shape, dtype=self.dtype, device=visible.device).masked_fill(~visible, -math.inf)
 
+    def _attend_static(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
+        pos, f, key, value, once = self._pos, L.func, L.key, L.value, self._once
+        if f == 6:
+            return self._attend(L, proj, key, value, fixed_shape=True)
+        q, k, v = self._qkv(L, proj)
+        bc, n, dev = L.bc, L.n_keys, key.device
+        keep = None
+        if f == 1:  # this block's keys up to pos
+            slot = once((1, bc), lambda: (pos % bc).view(1))
+            mask = once((1, bc, "mask"), lambda: self._additive((torch.arange(bc, device=dev) <= slot)[None]))
+        elif f == 2:  # this column's keys up to pos
+            slot = once((2,), lambda: pos.view(1))
+            idx = once((2, bc, n), lambda: pos % bc + bc * torch.arange(n // bc, device=dev))
+            mask = once((2, bc, n, "mask"), lambda: self._additive((idx <= pos)[None]))
+        elif f == 3:  # the previous block, one half of a two-block ring (the other half is masked)
+            slot = once((3, bc), lambda: (pos // bc % 2 * bc + pos % bc).view(1))
+            mask = once((3, bc, "mask"),
+                        lambda: self._additive((torch.arange(2 * bc, device=dev) // bc == (pos // bc - 1) % 2)[None]))
+        elif f in (4, 5):  # block summaries written at the end of each block
+            s = L.spread
+
+            def summary_slot():
+                lo = pos // bc * bc + bc - s
+                raw = (pos // bc + 1) * s + pos - lo
+                return (pos < lo) | (raw >= n), raw.clamp(0, n - 1).view(1)
+            keep, slot = once((f, bc, s, n), summary_slot)
+            mask = once((f, bc, s, n, "mask"), lambda: self._additive((L.key_pos <= pos)[None]))
+        else:  # 0 and 7: every key up to pos, written while inside the cache
+            keep = once((0, n, "keep"), lambda: pos >= n)
+            slot = once((0, n), lambda: pos.clamp(max=n - 1).view(1))
+            mask = once((0, n, "mask"), lambda: self._additive((torch.arange(n, device=dev) <= pos)[None]))
+        self._write(key, slot, k, keep)
+        self._write(value, slot, v, keep)
+        return self._attend(L, q, key, value, mask, idx if f == 2 else None, fixed_shape=True)
