@@ -130,12 +130,20 @@ def fp16_gemm_available() -> bool:
 
 
 class _Linear:
-    """A ``Conv1D`` resolved for one run: ``(M, n_in) -> (M, n_out)`` in the compute dtype."""
+    """A ``Conv1D`` resolved for one run: ``(M, n_in) -> (M, n_out)`` in the compute dtype.
 
-    __slots__ = ("w", "b", "packed", "cast")
+    Float32 weights on CPU are copied, for the run, into ``P`` contiguous column blocks
+    ``(P, n_in, n_out / P)`` and multiplied as one batched product. The CPU BLAS reads a plain
+    ``(n_in, n_out)`` matrix times one to four rows at a fraction of the memory bandwidth; the
+    batched form reads it at about the bandwidth (every output element is still one dot product
+    over n_in, so results equal ``addmm``'s). The copy holds the weights' memory again while the
+    run lasts.
+    """
 
-    def __init__(self, conv: Conv1D, dtype: torch.dtype, pack_fp16: bool):
-        self.packed = None
+    __slots__ = ("w", "b", "packed", "cast", "blocks", "block_bias")
+
+    def __init__(self, conv: Conv1D, dtype: torch.dtype, pack_fp16: bool, split_columns: bool = False):
+        self.packed = self.blocks = self.block_bias = None
         self.cast = False
         if pack_fp16:
             self.packed = _packed_fp16(conv)
@@ -145,10 +153,18 @@ class _Linear:
         self.w = conv.w.detach()
         # Off CPU a float32 copy of float16 weights would double their memory: cast per call instead.
         self.cast = self.w.dtype != dtype
+        n_in, n_out = self.w.shape
+        parts = next((p for p in (32, 16, 8, 4, 2) if n_out % p == 0), 1)
+        if split_columns and not self.cast and parts > 1:
+            self.blocks = self.w.view(n_in, parts, n_out // parts).permute(1, 0, 2).contiguous()
+            self.block_bias = self.b.view(parts, 1, n_out // parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        if self.blocks is not None:
+            y = torch.baddbmm(self.block_bias, x.expand(self.blocks.shape[0], *x.shape), self.blocks)
+            return y.transpose(0, 1).reshape(x.shape[0], -1)  # (P, M, n_out / P) -> (M, n_out)
         return torch.addmm(self.b, x, self.w.to(x.dtype) if self.cast else self.w)
 
 
@@ -183,10 +199,11 @@ class _Layer:
         self.func = attn.attn_func
         self.ln_0 = _norm_args(block.ln_0)
         self.ln_1 = _norm_args(block.ln_1)
-        self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16)
-        self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16)
-        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16)
-        self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16)
+        split = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32
+        self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, split)
+        self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16, split)
+        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16, split)
+        self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16, split)
         self.act = None if block.mlp.act is quick_gelu else block.mlp.act
         self.res_scale = block.res_scale
         linears = (self.c_attn, self.c_proj, self.c_fc, self.mlp_proj)
