@@ -6,7 +6,7 @@ allocations per step (module calls, dtype casts, pattern dispatch), which on CPU
 much as the weight reads themselves. ``StepPlan`` resolves, once per sampling run, every layer's
 parameters, its attention function and its cache buffers into plain attributes, then runs a step
 as a short flat sequence of tensor ops with the same arithmetic as the plain path (same
-``layer_norm``, ``addmm``, ``scaled_dot_product_attention`` calls in the same order), so results
+``layer_norm``, products, ``scaled_dot_product_attention`` calls in the same order), so results
 match it to float rounding. Work per step is independent of the position.
 
 Two step kinds share the layer arithmetic:
@@ -15,9 +15,11 @@ Two step kinds share the layer arithmetic:
 * ``static_step(x, pos)``: the position is a 0-d int64 tensor and every shape is fixed: cache
   writes are ``index_copy_`` at computed slots and each attention function sees a fixed window
   with a mask. Nothing in it depends on Python values of the position, so it can be captured
-  once as a CUDA graph (see ``jukebox.prior.autoregressive``) and replayed for every token.
+  once as a CUDA graph (see ``jukebox.prior.autoregressive``) and replayed for every token. On
+  CUDA its arithmetic between the matrix products runs as ``torch.compile`` d fused kernels.
 
-Weights: float32 activations use the weights as stored; float16 weights on CPU (``fp16_params``
+Weights: float32 weights on CPU are multiplied in contiguous column blocks (see ``_Linear``);
+on CUDA the weights are used as stored; float16 weights on CPU (``fp16_params``
 checkpoints) run through FBGEMM's float16-weight GEMM, which reads half the bytes and computes in
 float32 on the exact float16 values. ``cpu_fp16_weights=True`` packs float32 weights to float16
 the same way: about twice as fast on CPU but no longer exact (an opt-in trade, off by default).
