@@ -274,3 +274,22 @@ def test_written_out_attention_matches_sdpa(heads, with_idx):
     # Hidden keys do not matter.
     key[:, ~visible if idx is None else idx[~visible]] = 1e4
     torch.testing.assert_close(_attention(q, key, value, mask, heads, scale, idx), got, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_out", [96, 40, 7])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_column_block_products_equal_addmm(n_out, rows):
+    """Float32 CPU steps multiply weights as contiguous column blocks (fast_step._Linear): the same
+    numbers as ``addmm`` for one or several rows, with as many blocks as divide n_out (none for 7)."""
+    from jukebox.transformer.fast_step import _Linear
+    from jukebox.transformer.ops import Conv1D
+
+    conv = Conv1D(24, n_out)
+    randomize_weights(conv, seed=n_out)
+    conv.b.data.normal_()
+    linear = _Linear(conv, torch.float32, pack_fp16=False, split_columns=True)
+    assert (linear.blocks is None) == (n_out == 7)
+    if linear.blocks is not None:
+        assert linear.blocks.shape == (32 if n_out == 96 else 8, 24, n_out // linear.blocks.shape[0])
+    x = torch.randn(rows, 24, generator=torch.Generator().manual_seed(rows))
+    torch.testing.assert_close(linear(x), torch.addmm(conv.b, x, conv.w), atol=1e-6, rtol=1e-6)
