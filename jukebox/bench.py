@@ -183,8 +183,8 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     bandwidth = measure_bandwidth(dev)
     floor = weight_bytes / bandwidth
     # A merged lyrics sequence (single_enc_dec) sits before the n_ctx music tokens of every window.
-    out = dict(hps=hps, device=str(dev), n_ctx=prior.n_ctx, prefix_tokens=model.input_dims - prior.n_ctx, threads=threads if dev.type == "cpu" else None, params=params,
-               weight_bytes=weight_bytes, bandwidth=bandwidth, floor_s=floor, fp16=fp16,
+    out = dict(hps=hps, device=str(dev), n_ctx=prior.n_ctx, prefix_tokens=model.input_dims - prior.n_ctx,
+               threads=threads if dev.type == "cpu" else None, params=params, weight_bytes=weight_bytes, bandwidth=bandwidth, floor_s=floor, fp16=fp16,
                cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph, plain_step=plain_step)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out["load_average"] = load

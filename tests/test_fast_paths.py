@@ -293,3 +293,25 @@ def test_column_block_products_equal_addmm(n_out, rows):
         assert linear.blocks.shape == (32 if n_out == 96 else 8, 24, n_out // linear.blocks.shape[0])
     x = torch.randn(rows, 24, generator=torch.Generator().manual_seed(rows))
     torch.testing.assert_close(linear(x), torch.addmm(conv.b, x, conv.w), atol=1e-6, rtol=1e-6)
+
+
+def test_song_projection_follows_the_sampling_windows():
+    """The benchmark's 20 s projection counts the windows sample.py draws at hop_fraction 0.5,0.5,0.125:
+    level token counts, primed and drawn tokens (a merged lyrics prefix primed in every window), and
+    time = primed / priming rate + drawn x step time."""
+    from jukebox.bench import project_song
+
+    def rates(step_s, prime_rate, prefix=0):
+        return {"ancestral_n16": {"step_s": step_s}, "priming": {"n_samples": 16, "tokens_per_s": prime_rate},
+                "prefix_tokens": prefix}
+    song = project_song(20, [rates(0.01, 1600.0), rates(0.02, 1600.0), rates(0.005, 3200.0, prefix=384)],
+                        n_ctx=[8192, 8192, 6144], hops=[8, 32, 128])
+    # 20 s at 44100 Hz, cut to a multiple of the top hop: 881920 samples.
+    assert [song[k]["tokens"] for k in (0, 1, 2)] == [110240, 27560, 6890]
+    assert [song[k]["windows"] for k in (0, 1, 2)] == [26, 6, 2]
+    # Top: the second window starts at 6890 - 6144 = 746 and so shares 5398 tokens with the first.
+    assert song[2]["primed"] == 5398 + 2 * 384 and song[2]["new"] == 6890
+    # Level 1: windows start at 0, 4096, ..., 16384, then 27560 - 8192 = 19368 (sharing up to 16384 + 8192).
+    assert song[1]["new"] == 27560 and song[1]["primed"] == 4 * 4096 + (16384 + 8192 - 19368)
+    assert song[2]["seconds"] == pytest.approx(song[2]["primed"] * 16 / 3200 + 6890 * 0.005)
+    assert song["total_seconds"] == pytest.approx(sum(song[k]["seconds"] for k in (0, 1, 2)))
