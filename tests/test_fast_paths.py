@@ -7,7 +7,6 @@ also run there, with the step captured and replayed as a real CUDA graph. No tes
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,8 +31,6 @@ ORDERS.update(order_2=(2, 3), order_8=(8, 10), order_11=(11, 16))
 @pytest.fixture(autouse=True)
 def _one_thread(_deterministic_threads):
     torch.set_num_threads(1)
-
-
 
 
 def _transformer(order: int, depth: int, res_scale: bool = False) -> Transformer:

@@ -337,7 +337,8 @@ class _StaticStep:
     runs ``StepPlan.static_step``. On CUDA it is captured once as a CUDA graph and replayed for every
     token, which removes the launch cost of its ~1000 small kernels; elsewhere it runs eagerly (the
     same logic, which is how the tests check it). Returns logits ``(N, bins)`` in a buffer that the
-    next call overwrites.
+    next call overwrites. The position lives in ``pos`` only: the layers' ``sample_t`` stays where
+    priming left it until the run ends with ``del_cache``.
     """
 
     def __init__(self, model: ConditionalAutoregressive2D, plan, pos_emb: torch.Tensor,
@@ -397,6 +398,4 @@ class _StaticStep:
             self.graph.replay()
         else:
             self._compute()
-        for block in self.model.transformer._attn_mods:
-            object.__setattr__(block.attn, "sample_t", t + 1)
         return self.logits

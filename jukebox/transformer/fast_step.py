@@ -42,26 +42,26 @@ __all__ = ["StepPlan", "fp16_gemm_available"]
 # Pure functions of tensors (and linear maps), shared by every step kind. On CUDA they are also
 # compiled (see ``_compiled``): their normalisation, casts, biases, activation and residual adds
 # then run as a few fused kernels between the matrix products instead of about twenty small ones.
-def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, half: bool) -> torch.Tensor:
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """As ``ops.LayerNorm``: half-precision inputs are normalised in float32."""
-    if half:
+    if x.dtype in (torch.float16, torch.bfloat16):
         return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps).to(x.dtype)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
-def _attn_in(x: torch.Tensor, norm: tuple, c_attn, half: bool) -> torch.Tensor:
+def _attn_in(x: torch.Tensor, norm: tuple, c_attn) -> torch.Tensor:
     """x ``(N, width)`` -> the attention projection of its normed value ``(N, 3 n_state)``
     (``(N, n_state)`` queries for encoder-decoder attention)."""
-    return c_attn(_layer_norm(x, *norm, half))
+    return c_attn(_layer_norm(x, *norm))
 
 
-def _attn_out(x: torch.Tensor, a: torch.Tensor, c_proj, norm: tuple, c_fc, mlp_proj, act, res_scale: float,
-              half: bool) -> torch.Tensor:
+def _attn_out(x: torch.Tensor, a: torch.Tensor, c_proj, norm: tuple, c_fc, mlp_proj, act,
+              res_scale: float) -> torch.Tensor:
     """The rest of a ``ResAttnBlock`` after attention: x ``(N, width)``, attention output a
     ``(N, n_state)`` -> ``(N, width)``. ``act`` None is ``quick_gelu``."""
     a = c_proj(a)
     h = x + a
-    m = c_fc(_layer_norm(h, *norm, half))
+    m = c_fc(_layer_norm(h, *norm))
     m = mlp_proj(m * torch.sigmoid(1.702 * m) if act is None else act(m))
     if res_scale == 1.0:
         return h + m
@@ -88,14 +88,13 @@ def _affine(w: torch.Tensor, b: torch.Tensor):
     return lambda y: torch.addmm(b, y, w)
 
 
-def _attn_in_tensors(x, ln_w, ln_b, eps: float, w, b, half: bool):
-    return _attn_in(x, (ln_w, ln_b, eps), _affine(w, b), half)
+def _attn_in_tensors(x, ln_w, ln_b, eps: float, w, b):
+    return _attn_in(x, (ln_w, ln_b, eps), _affine(w, b))
 
 
-def _attn_out_tensors(x, a, w_proj, b_proj, ln_w, ln_b, eps: float, w_fc, b_fc, w_mlp, b_mlp, res_scale: float,
-                      half: bool):
+def _attn_out_tensors(x, a, w_proj, b_proj, ln_w, ln_b, eps: float, w_fc, b_fc, w_mlp, b_mlp, res_scale: float):
     return _attn_out(x, a, _affine(w_proj, b_proj), (ln_w, ln_b, eps), _affine(w_fc, b_fc), _affine(w_mlp, b_mlp),
-                     None, res_scale, half)
+                     None, res_scale)
 
 
 _COMPILED: dict = {}
@@ -244,8 +243,10 @@ class StepPlan:
             stored_fp16 = block.attn.c_attn.w.dtype == torch.float16
             pack = on_cpu and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
             self.layers.append(_Layer(block, dtype, pack))
-        self.half_norm = dtype in (torch.float16, torch.bfloat16)
         self.fuse = _can_compile(device) if fuse is None else fuse and _can_compile(device)
+        if self.fuse:  # resolved once: a step calls them for every layer
+            self._fused_in, self._fused_out, self._fused_attention = (
+                _compiled(_attn_in_tensors), _compiled(_attn_out_tensors), _compiled(_attention))
         self._shared: dict = {}
 
     # ------------------------------------------------------------------ shared layer arithmetic
@@ -260,7 +261,7 @@ class StepPlan:
         mask ``(1, K)`` (boolean or additive) -> ``(N, n_state)``. ``fixed_shape``: K is the same at
         every step (the static step), so the compiled attention applies without recompiling."""
         if self.fuse and fixed_shape:
-            return _compiled(_attention)(q, k, v, mask, L.n_head, L.scale, idx)
+            return self._fused_attention(q, k, v, mask, L.n_head, L.scale, idx)
         if idx is not None:
             k, v = k.index_select(1, idx), v.index_select(1, idx)
         qh = q.view(q.shape[0], 1, L.n_head, L.d_head).transpose(1, 2)
@@ -272,11 +273,11 @@ class StepPlan:
         """One ``ResAttnBlock`` on x ``(N, width)``; ``attend(L, proj)`` maps the attention
         projection ``c_attn`` of the normed input to the attention output before ``c_proj``."""
         if self.fuse and L.fusable:
-            proj = _compiled(_attn_in_tensors)(x, *L.ln_0, L.c_attn.w, L.c_attn.b, self.half_norm)
-            return _compiled(_attn_out_tensors)(x, attend(L, proj), L.c_proj.w, L.c_proj.b, *L.ln_1, L.c_fc.w,
-                                                L.c_fc.b, L.mlp_proj.w, L.mlp_proj.b, L.res_scale, self.half_norm)
-        a = attend(L, _attn_in(x, L.ln_0, L.c_attn, self.half_norm))
-        return _attn_out(x, a, L.c_proj, L.ln_1, L.c_fc, L.mlp_proj, L.act, L.res_scale, self.half_norm)
+            proj = self._fused_in(x, *L.ln_0, L.c_attn.w, L.c_attn.b)
+            return self._fused_out(x, attend(L, proj), L.c_proj.w, L.c_proj.b, *L.ln_1, L.c_fc.w, L.c_fc.b,
+                                   L.mlp_proj.w, L.mlp_proj.b, L.res_scale)
+        a = attend(L, _attn_in(x, L.ln_0, L.c_attn))
+        return _attn_out(x, a, L.c_proj, L.ln_1, L.c_fc, L.mlp_proj, L.act, L.res_scale)
 
     @staticmethod
     def _qkv(L: _Layer, qkv: torch.Tensor):
@@ -335,8 +336,8 @@ class StepPlan:
         """x ``(N, width)`` at position ``pos`` (0-d int64 tensor) -> ``(N, width)``.
 
         Every shape is fixed, so the step can be captured as a CUDA graph; it does not touch the
-        layers' ``sample_t`` (the caller keeps positions). Needs ``pos >= 1`` (the first position
-        allocates the caches on the plain path).
+        layers' ``sample_t`` (a run of static steps ends with ``del_cache``). Needs ``pos >= 1`` (the
+        first position allocates the caches on the plain path).
         """
         self._pos = pos
         self._shared.clear()
@@ -392,8 +393,7 @@ class StepPlan:
             keep, slot = once((f, bc, s, n), summary_slot)
             mask = once((f, bc, s, n, "mask"), lambda: self._additive((L.key_pos <= pos)[None]))
         else:  # 0 and 7: every key up to pos, written while inside the cache
-            keep = once((0, n, "keep"), lambda: pos >= n)
-            slot = once((0, n), lambda: pos.clamp(max=n - 1).view(1))
+            keep, slot = once((0, n), lambda: (pos >= n, pos.clamp(max=n - 1).view(1)))
             mask = once((0, n, "mask"), lambda: self._additive((torch.arange(n, device=dev) <= pos)[None]))
         self._write(key, slot, k, keep)
         self._write(value, slot, v, keep)
