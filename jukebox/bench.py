@@ -28,6 +28,7 @@ import torch
 
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import make_prior, make_vqvae
+from jukebox.transformer import cpu_kernels
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.sampling import plan_level
 from jukebox.vqvae.vqvae import calculate_hop_lengths
@@ -193,6 +194,9 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         if dev.type == "cpu" else f"{hps} on {dev}")
     log(f"  {params / 1e6:.1f} M parameters; a step reads {weight_bytes / 1e6:.0f} MB of weights; "
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> floor {floor * 1e3:.1f} ms/step")
+    if dev.type == "cpu" and not plain_step:
+        out["cpu_kernels"] = cpu_kernels.backend()
+        log(f"  float32 step kernels: {out['cpu_kernels']}")
 
     def sample(n, prefix=None, sample_tokens=None, chunk=None):
         x_cond, y_cond, encoder_kv = _conds(model, n, dev, torch.float32, g)
@@ -220,7 +224,30 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     log(f"  key/value cache: {kv / 2 ** 20:.0f} MiB per sample (preallocated, its peak)")
 
     # Priming, then new tokens.
-    n = prime_samples
+    if prime_tokens:
+        _time_priming(out, sample, model, dev, g, prime_samples, prime_tokens, chunk_size, new_tokens, repeats, log)
+
+    # Deep in the context against near the start: each repeat primes `deep` tokens and steps `tokens`
+    # times, then steps as many from the start right after, so both see the same machine load.
+    if deep:
+        deep = min(deep, model.input_dims - tokens - 2)
+        prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
+        deep_steps, start_steps = [], []
+        for _ in range(max(repeats, 1)):
+            timer, _ = _timed(model, dev, lambda: sample(1, prefix, deep + tokens + 2, deep_chunk))
+            deep_steps += timer.step_times()
+            timer, _ = _timed(model, dev, lambda: sample(1, sample_tokens=tokens + 2))
+            start_steps += timer.step_times()
+        deep_step, start_step = statistics.median(deep_steps), statistics.median(start_steps)
+        out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
+        log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
+            f"{deep_step / start_step:.2f}x the step near the start ({start_step * 1e3:.1f} ms, timed alternately)")
+    return out
+
+
+def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generator, n: int, prime_tokens: int,
+                  chunk_size: int, new_tokens: int, repeats: int, log) -> None:
+    """Priming ``prime_tokens`` known tokens in chunks, then ``new_tokens`` new ones (medians over repeats)."""
     prefix = torch.randint(model.bins, (n, prime_tokens), generator=g).to(dev)
     primes, news = [], []
     for r in range(repeats + 1):
@@ -234,20 +261,6 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
                           new_tokens_per_s=n * new_tokens / new_s)
     log(f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}: {prime_s:.2f} s = "
         f"{n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: {n * new_tokens / new_s:.1f} tokens/s")
-
-    # Deep in the context against near the start (one priming pass, then `tokens` steps).
-    if deep:
-        deep = min(deep, model.input_dims - tokens - 2)
-        prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
-        timer, _ = _timed(model, dev, lambda: sample(1, prefix, deep + tokens + 2, deep_chunk))
-        deep_step = statistics.median(timer.step_times())
-        # The reference near the start is timed right after, under the same machine load.
-        timer, _ = _timed(model, dev, lambda: sample(1, sample_tokens=tokens + 2))
-        start_step = statistics.median(timer.step_times())
-        out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
-        log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
-            f"{deep_step / start_step:.2f}x the step near the start ({start_step * 1e3:.1f} ms, timed right after)")
-    return out
 
 
 def project_song(seconds: float, levels: list[dict], n_ctx: list[int], hops: list[int],
@@ -317,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
                            new_tokens=a.new_tokens, prime_samples=a.prime_samples or n_samples[0], deep=a.deep,
                            deep_chunk=a.deep_chunk, fp16=a.fp16 or cuda, cpu_fp16_weights=a.cpu_fp16_weights,
                            cuda_graph=cuda and not a.no_cuda_graph, plain_step=a.plain_step)
-    if TOP_1B in results and UPSAMPLER in results and a.song_seconds:
+    if TOP_1B in results and UPSAMPLER in results and a.song_seconds and a.prime_tokens:
         # upsampler_level_1 has upsampler_level_0's architecture, so its steps cost the same.
         hps = setup_hparams(TOP_1B, {})
         hops = calculate_hop_lengths(hps.strides_t, hps.downs_t)

@@ -67,7 +67,7 @@ def _stepped(model: Transformer, x, enc, n_prime: int, fast: bool, static: bool 
 
 @pytest.mark.parametrize("name", sorted(ORDERS))
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_fast_step_matches_plain_path_and_full_forward(name, static):
+def test_fast_step_matches_plain_path_and_full_forward(name, static, cpu_kernels_mode):
     order, depth = ORDERS[name]
     model = _transformer(order, depth)
     x, enc = _inputs()
@@ -273,23 +273,68 @@ def test_written_out_attention_matches_sdpa(heads, with_idx):
     torch.testing.assert_close(_attention(q, key, value, mask, heads, scale, idx), got, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n_out", [96, 40, 7])
-@pytest.mark.parametrize("rows", [1, 3])
-def test_column_block_products_equal_addmm(n_out, rows):
-    """Float32 CPU steps multiply weights as contiguous column blocks (fast_step._Linear): the same
-    numbers as ``addmm`` for one or several rows, with as many blocks as divide n_out (none for 7)."""
-    from jukebox.transformer.fast_step import _Linear
+@pytest.fixture(params=["numba", "torch"])
+def cpu_kernels_mode(request, monkeypatch):
+    """Float32 CPU steps with the numba kernels (where numba has a parallel threading layer) and
+    without them (torch over the same tiles), as on a machine without OpenMP for numba."""
+    from jukebox.transformer import cpu_kernels
+
+    if request.param == "numba" and not cpu_kernels.available():
+        pytest.skip("numba has no OpenMP/TBB threading layer here")
+    if request.param == "torch":
+        monkeypatch.setattr(cpu_kernels, "_kernel", lambda: None)
+    return request.param
+
+
+@pytest.mark.parametrize("n_out", [96, 64, 7])
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
+    """Float32 CPU steps multiply weights as zero-padded column tiles (cpu_kernels.TiledLinear):
+    addmm's numbers to float32 rounding for any batch and width, with the layer norm before and
+    the residual after the product when asked."""
+    from jukebox.transformer.cpu_kernels import TILE, TiledLinear
     from jukebox.transformer.ops import Conv1D
 
     conv = Conv1D(24, n_out)
     randomize_weights(conv, seed=n_out)
     conv.b.data.normal_()
-    linear = _Linear(conv, torch.float32, pack_fp16=False, split_columns=True)
-    assert (linear.blocks is None) == (n_out == 7)
-    if linear.blocks is not None:
-        assert linear.blocks.shape == (32 if n_out == 96 else 8, 24, n_out // linear.blocks.shape[0])
-    x = torch.randn(rows, 24, generator=torch.Generator().manual_seed(rows))
-    torch.testing.assert_close(linear(x), torch.addmm(conv.b, x, conv.w), atol=1e-6, rtol=1e-6)
+    g = torch.Generator().manual_seed(rows)
+    x, residual = torch.randn(rows, 24, generator=g) * 3 + 1, torch.randn(rows, n_out, generator=g)
+    norm = (torch.randn(24, generator=g), torch.randn(24, generator=g), 1e-5)
+    plain = TiledLinear(conv.w, conv.b)
+    assert plain.tiles.shape == (-(-n_out // TILE), 24, TILE)
+    torch.testing.assert_close(plain(x), torch.addmm(conv.b, x, conv.w), atol=1e-5, rtol=1e-5)
+    normed = TiledLinear(conv.w, conv.b, norm)(x, residual=residual)
+    expected = residual + torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), conv.w)
+    torch.testing.assert_close(normed, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads,step", [(1, 1), (2, 3), (4, 1)])
+def test_kernel_attention_writes_cache_and_matches_sdpa(heads, step):
+    """The CPU one-query attention kernel stores the new key and value at its slot, then equals
+    scaled_dot_product_attention over the cache rows start:stop:step (strided for column attention)."""
+    from jukebox.transformer import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("numba has no OpenMP/TBB threading layer here")
+    g = torch.Generator().manual_seed(heads)
+    n, keys, state, scale = 3, 24, 16, 0.3
+    proj = torch.randn(n, 3 * state, generator=g)
+    key, value = torch.randn(n, keys, state, generator=g), torch.randn(n, keys, state, generator=g)
+    slot, start, stop = 19, 1, 20
+    ref_key, ref_value = key.clone(), value.clone()
+    ref_key[:, slot], ref_value[:, slot] = proj[:, state:2 * state], proj[:, 2 * state:]
+    got = cpu_kernels.attention(proj, key, value, heads, scale, slot, start, stop, step)
+    assert torch.equal(key, ref_key) and torch.equal(value, ref_value)
+    split = lambda t: t.reshape(n, -1, heads, state // heads).transpose(1, 2)  # noqa: E731
+    rows = slice(start, stop, step)
+    ref = F.scaled_dot_product_attention(split(proj[:, None, :state]), split(key[:, rows]), split(value[:, rows]),
+                                         scale=scale)
+    torch.testing.assert_close(got, ref.transpose(1, 2).reshape(n, state), atol=1e-6, rtol=1e-5)
+    # Encoder-decoder attention: the query alone, nothing written.
+    query_only = cpu_kernels.attention(proj[:, :state], key, value, heads, scale, -1, start, stop, step)
+    torch.testing.assert_close(query_only, got, atol=1e-6, rtol=1e-5)
+    assert torch.equal(key, ref_key)
 
 
 def test_song_projection_follows_the_sampling_windows():

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from jukebox.transformer import cpu_kernels
 from jukebox.transformer.transformer import Transformer
 from jukebox.utils.sample_utils import filter_logits, get_split_chunks
 
@@ -250,6 +251,7 @@ class ConditionalAutoregressive2D(nn.Module):
             self.transformer.check_cache(N, n_prime, fp16)
             static = None
             use_graph = self.cuda_graph if self.cuda_graph is not None else x.device.type == "cuda"
+            project = self._step_output(N)
             for t in range(n_prime, L):
                 if static is None and use_graph and t > 0:
                     static = _StaticStep.build(self, N, pos_emb, x_cond, fp16)
@@ -257,7 +259,7 @@ class ConditionalAutoregressive2D(nn.Module):
                     logits = static(x[:, t - 1], t).unsqueeze(1)
                 else:
                     h = self._cached_forward(*self._inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16)
-                    logits = self.x_out(h)
+                    logits = project(h)
                 if get_preds:
                     preds[:, t:t + 1] = logits
                 if draw is not None:
@@ -265,6 +267,15 @@ class ConditionalAutoregressive2D(nn.Module):
         finally:
             self.transformer.del_cache()
         return x, preds
+
+    def _step_output(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x_out`` for one-position steps ``(n, 1, width) -> (n, 1, bins)``: with float32 weights on
+        CPU through the tiled kernel, which reads the weight at memory bandwidth (as the layers' products)."""
+        w = self.x_out.weight
+        if w.device.type != "cpu" or w.dtype != torch.float32 or not self.transformer.fast_step:
+            return self.x_out
+        tiled = cpu_kernels.TiledLinear(w.t(), torch.zeros(w.shape[0]))
+        return lambda h: tiled(h.reshape(n, -1)).view(n, 1, -1)
 
     def _sample(self, n_samples: int, prime: torch.Tensor, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None,
                 encoder_kv: torch.Tensor | None, fp16: bool, temp: float, top_k: int, top_p: float, get_preds: bool,

@@ -18,7 +18,7 @@ Two step kinds share the layer arithmetic:
   once as a CUDA graph (see ``jukebox.prior.autoregressive``) and replayed for every token. On
   CUDA its arithmetic between the matrix products runs as ``torch.compile`` d fused kernels.
 
-Weights: float32 weights on CPU are multiplied in contiguous column blocks (see ``_Linear``);
+Weights: float32 weights on CPU are multiplied in column tiles by ``cpu_kernels`` (see ``_Linear``);
 on CUDA the weights are used as stored; float16 weights on CPU (``fp16_params``
 checkpoints) run through FBGEMM's float16-weight GEMM, which reads half the bytes and computes in
 float32 on the exact float16 values. ``cpu_fp16_weights=True`` packs float32 weights to float16
@@ -33,6 +33,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from jukebox.transformer import cpu_kernels
 from jukebox.transformer.ops import Conv1D, quick_gelu
 
 __all__ = ["StepPlan", "fp16_gemm_available"]
@@ -133,18 +134,18 @@ def fp16_gemm_available() -> bool:
 class _Linear:
     """A ``Conv1D`` resolved for one run: ``(M, n_in) -> (M, n_out)`` in the compute dtype.
 
-    Float32 weights on CPU are copied, for the run, into ``P`` contiguous column blocks
-    ``(P, n_in, n_out / P)`` and multiplied as one batched product. The CPU BLAS reads a plain
-    ``(n_in, n_out)`` matrix times one to four rows at a fraction of the memory bandwidth; the
-    batched form reads it at about the bandwidth (every output element is still one dot product
-    over n_in, so results equal ``addmm``'s). The copy holds the weights' memory again while the
-    run lasts.
+    Float32 weights on CPU are copied, for the run, into column tiles (``cpu_kernels.TiledLinear``,
+    given ``norm`` it also layer-norms its input), which are read at about the memory bandwidth
+    where the BLAS reads a plain ``(n_in, n_out)`` matrix times a few rows at a fraction of it.
+    Results differ from ``addmm`` by float32 rounding. The copy holds the weights' memory again
+    while the run lasts.
     """
 
-    __slots__ = ("w", "b", "packed", "cast", "blocks", "block_bias")
+    __slots__ = ("w", "b", "packed", "cast", "tiles")
 
-    def __init__(self, conv: Conv1D, dtype: torch.dtype, pack_fp16: bool, split_columns: bool = False):
-        self.packed = self.blocks = self.block_bias = None
+    def __init__(self, conv: Conv1D, dtype: torch.dtype, pack_fp16: bool, tile: bool = False,
+                 norm: tuple | None = None):
+        self.packed = self.tiles = None
         self.cast = False
         if pack_fp16:
             self.packed = _packed_fp16(conv)
@@ -154,18 +155,14 @@ class _Linear:
         self.w = conv.w.detach()
         # Off CPU a float32 copy of float16 weights would double their memory: cast per call instead.
         self.cast = self.w.dtype != dtype
-        n_in, n_out = self.w.shape
-        parts = next((p for p in (32, 16, 8, 4, 2) if n_out % p == 0), 1)
-        if split_columns and not self.cast and parts > 1:
-            self.blocks = self.w.view(n_in, parts, n_out // parts).permute(1, 0, 2).contiguous()
-            self.block_bias = self.b.view(parts, 1, n_out // parts)
+        if tile and not self.cast:
+            self.tiles = cpu_kernels.TiledLinear(self.w, self.b, norm)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
-        if self.blocks is not None:
-            y = torch.baddbmm(self.block_bias, x.expand(self.blocks.shape[0], *x.shape), self.blocks)
-            return y.transpose(0, 1).reshape(x.shape[0], -1)  # (P, M, n_out / P) -> (M, n_out)
+        if self.tiles is not None:
+            return self.tiles(x)
         return torch.addmm(self.b, x, self.w.to(x.dtype) if self.cast else self.w)
 
 
@@ -200,13 +197,18 @@ class _Layer:
         self.func = attn.attn_func
         self.ln_0 = _norm_args(block.ln_0)
         self.ln_1 = _norm_args(block.ln_1)
-        split = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32
-        self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, split)
-        self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16, split)
-        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16, split)
-        self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16, split)
         self.act = None if block.mlp.act is quick_gelu else block.mlp.act
         self.res_scale = block.res_scale
+        convs = (attn.c_attn, attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+        tile = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32 and not pack_fp16
+        # The CPU kernel also does the layer norms before c_attn and c_fc and the residual adds.
+        self.cpu_fused = tile and self.act is None and self.res_scale == 1.0 and cpu_kernels.available() and all(
+            conv.w.dtype == torch.float32 for conv in convs)
+        norm_0, norm_1 = (self.ln_0, self.ln_1) if self.cpu_fused else (None, None)
+        self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, tile, norm_0)
+        self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16, tile)
+        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16, tile, norm_1)
+        self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16, tile)
         linears = (self.c_attn, self.c_proj, self.c_fc, self.mlp_proj)
         # Plain (w, b) products in the compute dtype with the quick_gelu of the priors: the fused form applies.
         self.fusable = self.act is None and all(lin.packed is None and not lin.cast for lin in linears)
@@ -234,14 +236,15 @@ class StepPlan:
     def __init__(self, layers, dtype: torch.dtype, cpu_fp16_weights: bool = False, fuse: bool | None = None):
         self.dtype = dtype
         device = layers[0].attn.cache["key"].device
-        on_cpu = device.type == "cpu" and dtype == torch.float32
-        if cpu_fp16_weights and on_cpu and not fp16_gemm_available():
+        self.on_cpu = device.type == "cpu"
+        cpu_float32 = self.on_cpu and dtype == torch.float32
+        if cpu_fp16_weights and cpu_float32 and not fp16_gemm_available():
             warnings.warn("cpu_fp16_weights needs PyTorch's FBGEMM (x86 builds); using the float32 weights",
                           stacklevel=3)
         self.layers = []
         for block in layers:
             stored_fp16 = block.attn.c_attn.w.dtype == torch.float16
-            pack = on_cpu and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
+            pack = cpu_float32 and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
             self.layers.append(_Layer(block, dtype, pack))
         self.fuse = _can_compile(device) if fuse is None else fuse and _can_compile(device)
         if self.fuse:  # resolved once: a step calls them for every layer
@@ -272,6 +275,10 @@ class StepPlan:
     def _layer(self, L: _Layer, x: torch.Tensor, attend) -> torch.Tensor:
         """One ``ResAttnBlock`` on x ``(N, width)``; ``attend(L, proj)`` maps the attention
         projection ``c_attn`` of the normed input to the attention output before ``c_proj``."""
+        if L.cpu_fused:  # norms inside c_attn and c_fc; residuals added by the kernel
+            h = L.c_proj.tiles(attend(L, L.c_attn(x)), residual=x)
+            m = L.c_fc(h)
+            return L.mlp_proj.tiles(m * torch.sigmoid(1.702 * m), residual=h)
         if self.fuse and L.fusable:
             proj = self._fused_in(x, *L.ln_0, L.c_attn.w, L.c_attn.b)
             return self._fused_out(x, attend(L, proj), L.c_proj.w, L.c_proj.b, *L.ln_1, L.c_fc.w, L.c_fc.b,
@@ -288,48 +295,53 @@ class StepPlan:
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """x ``(N, width)`` at position t -> ``(N, width)``; advances every layer's cache to t + 1."""
         self._t = t
+        if self.on_cpu:
+            cpu_kernels.match_threads()
         for L in self.layers:
             x = self._layer(L, x, self._attend_dynamic)
             # object.__setattr__ skips nn.Module's attribute bookkeeping (a plain int attribute).
             object.__setattr__(L.attn, "sample_t", t + 1)
         return x
 
-    def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
-        t, f, key, value = self._t, L.func, L.key, L.value
-        if f == 6:
-            return self._attend(L, proj, key, value)
-        q, k, v = self._qkv(L, proj)
-        bc = L.bc
-        if f == 1:
-            off = t % bc
-            key[:, off] = k
-            value[:, off] = v
-            return self._attend(L, q, key[:, :off + 1], value[:, :off + 1])
-        if f == 2:
-            key[:, t] = k
-            value[:, t] = v
-            col = t % bc
-            return self._attend(L, q, key[:, col:t + 1:bc], value[:, col:t + 1:bc])
-        if f == 3:
+    @staticmethod
+    def _window(L: _Layer, t: int) -> tuple[int, int, int, int]:
+        """Where position t's key and value go in the cache (slot, -1 for nowhere) and which cache
+        rows ``start:stop:step`` its query sees, for every function but 4 and 5."""
+        f, bc = L.func, L.bc
+        if f == 6:  # the encoder's keys, written once per window
+            return -1, 0, L.n_keys, 1
+        if f == 1:  # this block up to t
+            return t % bc, 0, t % bc + 1, 1
+        if f == 2:  # this column up to t
+            return t, t % bc, t + 1, bc
+        if f == 3:  # the previous block, one half of a two-block ring
             b = t // bc
-            slot = b % 2 * bc + t % bc
-            key[:, slot] = k
-            value[:, slot] = v
             prev = (b - 1) % 2 * bc
-            return self._attend(L, q, key[:, prev:prev + bc], value[:, prev:prev + bc])
-        if f in (4, 5):
-            b, s = t // bc, L.spread
+            return b % 2 * bc + t % bc, prev, prev + bc, 1
+        # 0 dense and 7 prime attention: positions in order, prime keys only up to the cache's end.
+        return (t if t < L.n_keys else -1), 0, min(t + 1, L.n_keys), 1
+
+    def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
+        t, key, value = self._t, L.key, L.value
+        if L.func in (4, 5):  # block summaries, written at the end of each block
+            q, k, v = self._qkv(L, proj)
+            bc, s = L.bc, L.spread
+            b = t // bc
             lo = b * bc + bc - s
             if t >= lo and (b + 1) * s < L.n_keys:
                 key[:, (b + 1) * s + t - lo] = k
                 value[:, (b + 1) * s + t - lo] = v
             return self._attend(L, q, key, value, mask=(L.key_pos <= t)[None])
-        # 0 dense and 7 prime attention: positions in order, prime keys only up to the cache's end.
-        if t < L.n_keys:
-            key[:, t] = k
-            value[:, t] = v
-        stop = min(t + 1, L.n_keys)
-        return self._attend(L, q, key[:, :stop], value[:, :stop])
+        slot, start, stop, step = self._window(L, t)
+        if L.cpu_fused:
+            return cpu_kernels.attention(proj, key, value, L.n_head, L.scale, slot, start, stop, step)
+        if L.func == 6:
+            return self._attend(L, proj, key, value)
+        q, k, v = self._qkv(L, proj)
+        if slot >= 0:
+            key[:, slot] = k
+            value[:, slot] = v
+        return self._attend(L, q, key[:, start:stop:step], value[:, start:stop:step])
 
     # ------------------------------------------------------------------ static (tensor position) step
     def static_step(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -341,6 +353,8 @@ class StepPlan:
         """
         self._pos = pos
         self._shared.clear()
+        if self.on_cpu:
+            cpu_kernels.match_threads()
         for L in self.layers:
             x = self._layer(L, x, self._attend_static)
         self._shared.clear()

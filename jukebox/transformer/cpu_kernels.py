@@ -1,0 +1,217 @@
+"""Numba kernels for float32 sampling steps on CPU: products of a few rows with a large weight
+at memory bandwidth, and one-query attention over the key/value cache.
+
+A sampling step multiplies ``n_samples`` rows (one to a few) by every weight matrix once, so its
+floor is the time to read the weights. The CPU BLAS does not get there for so few rows: it
+repacks the weight on every call and reads it at half the bandwidth or less (about 6 GB/s for 4
+rows on the 2-core development machine, against 25 GB/s for a plain copy).
+
+Here the weight is stored for the run as contiguous column tiles ``(n_out / T, n_in, T)`` and a
+small numba kernel streams each tile once, keeping the ``M x T`` partial sums of its tile in
+cache. Every output is the float32 dot product over ``n_in`` accumulated in order (fused
+multiply-adds allowed), so it differs from ``addmm`` by float32 rounding only.
+
+A step's other work is a few hundred tiny tensor operations, each costing more in dispatch than in
+arithmetic; the kernels also take the layer norm before a product, the residual add after it,
+and the cache write with the whole attention of one new position (``attention``).
+
+The kernels need numba (installed with librosa) with a parallel threading layer (OpenMP or TBB);
+numba's fallback ``workqueue`` layer is slower than the BLAS, so then ``available()`` is False
+and callers use torch: ``torch.baddbmm`` over the same tiles, and their own attention.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "attention"]
+
+TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any batch of samples
+_NONE_1D, _NONE_2D = np.empty(0, np.float32), np.empty((0, 0), np.float32)  # "no norm", "no residual"
+
+
+def _build_kernel():
+    import numba
+
+    # Reassociation lets LLVM vectorise sums over a row; the tiled products keep their order.
+    reassoc = {"reassoc", "contract"}
+
+    @numba.njit(fastmath=reassoc, nogil=True, boundscheck=False, cache=False)
+    def layer_norm(x, weight, bias, eps):  # pragma: no cover (compiled; tested through TiledLinear)
+        rows, width = x.shape
+        y = np.empty_like(x)
+        inv_width, eps = np.float32(1.0 / width), np.float32(eps)
+        for m in range(rows):
+            mean = np.float32(0.0)
+            for k in range(width):
+                mean += x[m, k]
+            mean *= inv_width
+            var = np.float32(0.0)
+            for k in range(width):
+                var += (x[m, k] - mean) * (x[m, k] - mean)
+            rstd = np.float32(1.0) / np.sqrt(var * inv_width + eps)
+            for k in range(width):
+                y[m, k] = (x[m, k] - mean) * rstd * weight[k] + bias[k]
+        return y
+
+    @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=False)
+    def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, residual, out):  # pragma: no cover
+        rows, n_in = x.shape
+        n_tiles, _, width = tiles.shape
+        if norm_weight.shape[0]:
+            x = layer_norm(x, norm_weight, norm_bias, eps)
+        for tile in numba.prange(n_tiles):
+            acc = np.zeros((rows, width), dtype=np.float32)
+            for k in range(n_in):
+                for m in range(rows):
+                    xv = x[m, k]
+                    for j in range(width):
+                        acc[m, j] += xv * tiles[tile, k, j]
+            col = tile * width
+            for m in range(rows):
+                for j in range(min(width, out.shape[1] - col)):  # the last tile may be zero-padded
+                    acc[m, j] += bias[col + j]
+                    if residual.shape[0]:
+                        acc[m, j] += residual[m, col + j]
+                    out[m, col + j] = acc[m, j]
+
+    @numba.njit(parallel=True, fastmath=reassoc, nogil=True, boundscheck=False, cache=False)
+    def cached_attention(proj, key, value, slot, start, stop, step, n_head, scale, out):  # pragma: no cover
+        n, width = out.shape
+        d_head = width // n_head
+        count = (stop - start + step - 1) // step
+        for i in numba.prange(n):
+            if proj.shape[1] > width and slot >= 0:  # q, k, v: store this position's key and value
+                for c in range(width):
+                    key[i, slot, c] = proj[i, width + c]
+                    value[i, slot, c] = proj[i, 2 * width + c]
+            probs = np.empty(count, dtype=np.float32)
+            for h in range(n_head):
+                lo = h * d_head
+                top = -np.inf
+                for j in range(count):
+                    row = start + j * step
+                    score = np.float32(0.0)
+                    for c in range(lo, lo + d_head):
+                        score += proj[i, c] * key[i, row, c]
+                    probs[j] = score * scale
+                    top = max(top, probs[j])
+                total = np.float32(0.0)
+                for j in range(count):
+                    probs[j] = np.exp(probs[j] - top)
+                    total += probs[j]
+                for c in range(lo, lo + d_head):
+                    out[i, c] = 0.0
+                for j in range(count):
+                    row, p = start + j * step, probs[j] / total
+                    for c in range(lo, lo + d_head):
+                        out[i, c] += p * value[i, row, c]
+
+    return numba, tiled_linear, cached_attention
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    """``(numba, linear kernel, attention kernel)``, or None when numba is missing or has no parallel
+    threading layer."""
+    try:
+        numba, kernel, attention_kernel = _build_kernel()
+        out = np.empty((1, 2), dtype=np.float32)
+        kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, np.ones((1, 2, 2), np.float32),
+               np.zeros(2, np.float32), _NONE_2D, out)  # compiles, starts the threads
+        cache = np.ones((1, 2, 2), np.float32)
+        attended = np.empty((1, 2), np.float32)
+        attention_kernel(np.ones((1, 6), np.float32), cache, cache.copy(), 1, 0, 2, 1, 1, 1.0, attended)
+    except Exception as error:  # noqa: BLE001 (no numba, or it can not compile or run here: fall back)
+        _note(f"numba kernel unavailable ({error}); float32 CPU steps use torch.baddbmm")
+        return None
+    if numba.threading_layer() == "workqueue" or not (out == 2.0).all() or not (attended == 1.0).all():
+        _note("numba has no OpenMP or TBB threading layer; float32 CPU steps use torch.baddbmm")
+        return None
+    return numba, kernel, attention_kernel
+
+
+def _note(message: str) -> None:
+    warnings.warn(message + " (slower; see the README's Sampling speed)", stacklevel=4)
+
+
+def available() -> bool:
+    """Whether the tiled kernel runs in this process (compiled on the first call, about a second)."""
+    return _kernel() is not None
+
+
+def backend() -> str:
+    """What float32 CPU steps run on here, e.g. ``"numba (omp threading layer)"`` or ``"torch"``."""
+    kernel = _kernel()
+    return "torch" if kernel is None else f"numba ({kernel[0].threading_layer()} threading layer)"
+
+
+def match_threads() -> None:
+    """Run the kernel on as many threads as torch uses (call once per step, not per product)."""
+    kernel = _kernel()
+    if kernel is not None:
+        numba = kernel[0]
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        if numba.get_num_threads() != threads:
+            numba.set_num_threads(threads)
+
+
+class TiledLinear:
+    """``x -> norm(x) @ w + b``: a float32 CPU weight ``(n_in, n_out)`` and bias ``(n_out,)``, copied
+    into contiguous column tiles ``(ceil(n_out / TILE), n_in, TILE)`` (the last one zero-padded),
+    with an optional layer norm ``norm = (weight, bias, eps)`` of the input.
+
+    Calling it maps x ``(M, n_in)`` to ``(M, n_out)``, plus ``residual`` ``(M, n_out)`` if given; the
+    kernel does the norm, product, bias and residual in one pass. Without the numba kernel the
+    tiles are multiplied by ``torch.baddbmm`` and torch does the rest.
+    """
+
+    __slots__ = ("tiles", "bias", "norm", "n_out", "_kernel", "_args")
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None):
+        n_in, self.n_out = w.shape
+        n_tiles = -(-self.n_out // TILE)
+        padded = torch.zeros(n_in, n_tiles * TILE)
+        padded[:, :self.n_out] = w.detach()
+        self.tiles = padded.view(n_in, n_tiles, TILE).permute(1, 0, 2).contiguous()
+        self.bias = b.detach().float().contiguous()
+        self.norm = None if norm is None else (norm[0].detach().float().contiguous(),
+                                               norm[1].detach().float().contiguous(), float(norm[2]))
+        kernel = _kernel()
+        self._kernel = kernel[1] if kernel is not None else None
+        norm_args = (_NONE_1D, _NONE_1D, 0.0) if norm is None else \
+            (self.norm[0].numpy(), self.norm[1].numpy(), self.norm[2])
+        self._args = (*norm_args, self.tiles.numpy(), self.bias.numpy())
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self._kernel is None:
+            return self._torch(x, residual)
+        out = np.empty((x.shape[0], self.n_out), dtype=np.float32)
+        self._kernel(x.contiguous().numpy(), *self._args,
+                     _NONE_2D if residual is None else residual.contiguous().numpy(), out)
+        return torch.from_numpy(out)
+
+    def _torch(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        if self.norm is not None:
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:], *self.norm)
+        n_tiles = self.tiles.shape[0]
+        y = torch.bmm(x.expand(n_tiles, *x.shape), self.tiles)  # (P, M, TILE)
+        y = y.transpose(0, 1).reshape(x.shape[0], -1)[:, :self.n_out] + self.bias
+        return y if residual is None else residual + y
+
+
+def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head: int, scale: float,
+              slot: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
+    """One query per sample over the cached keys ``start:stop:step``; needs ``available()``.
+
+    proj ``(N, 3 n_state)`` holds the new position's query, key and value (or ``(N, n_state)``,
+    the query alone, for encoder-decoder attention); the key and value are first written to row
+    ``slot`` (if ``slot >= 0``) of the caches key/value ``(N, K, n_state)``, in place. Returns the
+    attention output ``(N, n_state)``: softmax of the scaled scores of each head, in float32.
+    """
+    out = np.empty((proj.shape[0], key.shape[2]), dtype=np.float32)
+    _kernel()[2](proj.contiguous().numpy(), key.numpy(), value.numpy(), slot, start, stop, step, n_head, scale, out)
+    return torch.from_numpy(out)
