@@ -33,13 +33,13 @@ TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any 
 _NONE_1D, _NONE_2D = np.empty(0, np.float32), np.empty((0, 0), np.float32)  # "no norm", "no residual"
 
 
-def _build_kernel():
+def _build_kernel(cache: bool):
     import numba
 
     # Reassociation lets LLVM vectorise sums over a row; the tiled products keep their order.
     reassoc = {"reassoc", "contract"}
 
-    @numba.njit(fastmath=reassoc, nogil=True, boundscheck=False, cache=False)
+    @numba.njit(fastmath=reassoc, nogil=True, boundscheck=False, cache=cache)
     def layer_norm(x, weight, bias, eps):  # pragma: no cover (compiled; tested through TiledLinear)
         rows, width = x.shape
         y = np.empty_like(x)
@@ -57,7 +57,7 @@ def _build_kernel():
                 y[m, k] = (x[m, k] - mean) * rstd * weight[k] + bias[k]
         return y
 
-    @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=False)
+    @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=cache)
     def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, residual, out):  # pragma: no cover
         rows, n_in = x.shape
         n_tiles, _, width = tiles.shape
@@ -78,37 +78,43 @@ def _build_kernel():
                         acc[m, j] += residual[m, col + j]
                     out[m, col + j] = acc[m, j]
 
-    @numba.njit(parallel=True, fastmath=reassoc, nogil=True, boundscheck=False, cache=False)
+    @numba.njit(fastmath=reassoc, nogil=True, boundscheck=False, cache=cache, inline="always")
+    def dot(a, b):  # pragma: no cover
+        total = np.float32(0.0)
+        for c in range(a.shape[0]):
+            total += a[c] * b[c]
+        return total
+
+    @numba.njit(fastmath=reassoc, nogil=True, boundscheck=False, cache=cache, inline="always")
+    def add_scaled(y, p, x):  # pragma: no cover (y += p x)
+        for c in range(x.shape[0]):
+            y[c] += p * x[c]
+
+    @numba.njit(parallel=True, fastmath=reassoc, nogil=True, boundscheck=False, cache=cache)
     def cached_attention(proj, key, value, slot, start, stop, step, n_head, scale, out):  # pragma: no cover
         n, width = out.shape
         d_head = width // n_head
         count = (stop - start + step - 1) // step
+        scale = np.float32(scale)
         for i in numba.prange(n):
             if proj.shape[1] > width and slot >= 0:  # q, k, v: store this position's key and value
-                for c in range(width):
-                    key[i, slot, c] = proj[i, width + c]
-                    value[i, slot, c] = proj[i, 2 * width + c]
+                key[i, slot] = proj[i, width:2 * width]
+                value[i, slot] = proj[i, 2 * width:]
             probs = np.empty(count, dtype=np.float32)
             for h in range(n_head):
-                lo = h * d_head
-                top = -np.inf
+                lo, hi = h * d_head, (h + 1) * d_head
+                top = np.float32(-np.inf)
                 for j in range(count):
-                    row = start + j * step
-                    score = np.float32(0.0)
-                    for c in range(lo, lo + d_head):
-                        score += proj[i, c] * key[i, row, c]
-                    probs[j] = score * scale
+                    probs[j] = dot(proj[i, lo:hi], key[i, start + j * step, lo:hi]) * scale
                     top = max(top, probs[j])
                 total = np.float32(0.0)
                 for j in range(count):
                     probs[j] = np.exp(probs[j] - top)
                     total += probs[j]
-                for c in range(lo, lo + d_head):
-                    out[i, c] = 0.0
+                acc = np.zeros(d_head, dtype=np.float32)
                 for j in range(count):
-                    row, p = start + j * step, probs[j] / total
-                    for c in range(lo, lo + d_head):
-                        out[i, c] += p * value[i, row, c]
+                    add_scaled(acc, probs[j] / total, value[i, start + j * step, lo:hi])
+                out[i, lo:hi] = acc
 
     return numba, tiled_linear, cached_attention
 
@@ -118,7 +124,10 @@ def _kernel():
     """``(numba, linear kernel, attention kernel)``, or None when numba is missing or has no parallel
     threading layer."""
     try:
-        numba, kernel, attention_kernel = _build_kernel()
+        try:  # compiled code is cached beside this file (or in numba's user-wide cache directory)
+            numba, kernel, attention_kernel = _build_kernel(cache=True)
+        except RuntimeError:  # no writable cache directory: compile in every process
+            numba, kernel, attention_kernel = _build_kernel(cache=False)
         out = np.empty((1, 2), dtype=np.float32)
         kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, np.ones((1, 2, 2), np.float32),
                np.zeros(2, np.float32), _NONE_2D, out)  # compiles, starts the threads
