@@ -9,12 +9,13 @@ medians over repeats:
 * the key/value cache per sample;
 
 and prints them beside the floor computed on the spot: the bytes of weights one step reads divided
-by the memory bandwidth of a large tensor copy on the same machine and threads. A step can not
-be faster than reading every weight once, whatever the batch.
+by the memory bandwidth of a large tensor copy on the same machine and threads (measured at the
+start and again before every timed ancestral run, since it drifts on shared machines). A step can
+not be faster than reading every weight once, whatever the batch.
 
-Step times come from a forward pre-hook on the transformer (the time between consecutive one-token
-calls: embedding, all layers, output layer and the draw), so allocation and the first position are
-not counted in per-step figures; end-to-end rates are printed too.
+Step times are the intervals between consecutive draws (embedding, all layers, output layer and the
+draw), so allocation and the first position are not counted in per-step figures; end-to-end rates
+are printed too.
 """
 from __future__ import annotations
 
@@ -206,19 +207,23 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
             return model.primed_sample(n, prefix, x_cond, y_cond, encoder_kv, fp16=fp16, chunk_size=chunk,
                                        sample_tokens=sample_tokens)
 
-    # Ancestral sampling: the first run is the warm-up.
+    # Ancestral sampling: the first run is the warm-up. Memory bandwidth drifts on shared machines, so it
+    # is measured again before every timed run and each batch's floor comes from those measurements.
     for n in n_samples:
-        steps, rates = [], []
+        steps, rates, bandwidths = [], [], []
         for r in range(repeats + 1):
+            if r:
+                bandwidths.append(measure_bandwidth(dev, repeats=3))
             timer, total = _timed(model, dev, lambda: sample(n, sample_tokens=tokens + 2))
             if r:
                 steps += timer.step_times()
                 rates.append(n * (tokens + 2) / total)
-        step = statistics.median(steps)
+        step, floor_n = statistics.median(steps), weight_bytes / statistics.median(bandwidths)
         out[f"ancestral_n{n}"] = dict(step_s=step, tokens_per_s=n / step, end_to_end_tokens_per_s=statistics.median(rates),
-                                      kv_cache_bytes_per_sample=timer.cache_bytes / n)
+                                      kv_cache_bytes_per_sample=timer.cache_bytes / n, floor_s=floor_n)
         log(f"  ancestral n_samples={n}: {step * 1e3:.1f} ms/step = {n / step:.1f} tokens/s "
-            f"({step / floor:.2f}x floor; end to end {statistics.median(rates):.1f} tokens/s)")
+            f"({step / floor_n:.2f}x the floor of {floor_n * 1e3:.1f} ms measured between its runs; "
+            f"end to end {statistics.median(rates):.1f} tokens/s)")
     kv = out[f"ancestral_n{n_samples[0]}"]["kv_cache_bytes_per_sample"]
     out["kv_cache_bytes_per_sample"] = kv
     log(f"  key/value cache: {kv / 2 ** 20:.0f} MiB per sample (preallocated, its peak)")

@@ -18,11 +18,15 @@ Two step kinds share the layer arithmetic:
   once as a CUDA graph (see ``jukebox.prior.autoregressive``) and replayed for every token. On
   CUDA its arithmetic between the matrix products runs as ``torch.compile`` d fused kernels.
 
-Weights: float32 weights on CPU are multiplied in column tiles by ``cpu_kernels`` (see ``_Linear``);
-on CUDA the weights are used as stored; float16 weights on CPU (``fp16_params``
-checkpoints) run through FBGEMM's float16-weight GEMM, which reads half the bytes and computes in
-float32 on the exact float16 values. ``cpu_fp16_weights=True`` packs float32 weights to float16
-the same way: about twice as fast on CPU but no longer exact (an opt-in trade, off by default).
+On CPU in float32, the numba kernels of ``cpu_kernels`` (where numba has a parallel threading
+layer) do the attention of the new position in ``step``, with its cache write, and for float32
+weights the products with the layer norms and residual adds around them; they read the weights at
+about the memory bandwidth and differ from the plain path by float32 rounding (see ``_Linear``).
+
+Weights: on CUDA they are used as stored; float16 weights on CPU (``fp16_params`` checkpoints) run
+through FBGEMM's float16-weight GEMM, which reads half the bytes and computes in float32 on the
+exact float16 values. ``cpu_fp16_weights=True`` packs float32 weights to float16 the same way:
+faster on CPU but no longer exact (an opt-in trade, off by default).
 """
 from __future__ import annotations
 
@@ -200,9 +204,12 @@ class _Layer:
         self.act = None if block.mlp.act is quick_gelu else block.mlp.act
         self.res_scale = block.res_scale
         convs = (attn.c_attn, attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-        tile = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32 and not pack_fp16
-        # The CPU kernel also does the layer norms before c_attn and c_fc and the residual adds.
-        self.cpu_fused = tile and self.act is None and self.res_scale == 1.0 and cpu_kernels.available() and all(
+        cpu_float32 = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32
+        tile = cpu_float32 and not pack_fp16
+        # The numba kernels attend (any weights), and with tiles also do the layer norms before
+        # c_attn and c_fc and the residual adds.
+        self.cpu_attention = cpu_float32 and cpu_kernels.available()
+        self.cpu_fused = tile and self.cpu_attention and self.act is None and self.res_scale == 1.0 and all(
             conv.w.dtype == torch.float32 for conv in convs)
         norm_0, norm_1 = (self.ln_0, self.ln_1) if self.cpu_fused else (None, None)
         self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, tile, norm_0)
@@ -333,7 +340,7 @@ class StepPlan:
                 value[:, (b + 1) * s + t - lo] = v
             return self._attend(L, q, key, value, mask=(L.key_pos <= t)[None])
         slot, start, stop, step = self._window(L, t)
-        if L.cpu_fused:
+        if L.cpu_attention:
             return cpu_kernels.attention(proj, key, value, L.n_head, L.scale, slot, start, stop, step)
         if L.func == 6:
             return self._attend(L, proj, key, value)
