@@ -282,7 +282,7 @@ def cpu_kernels_mode(request, monkeypatch):
     if request.param == "numba" and not cpu_kernels.available():
         pytest.skip("numba has no OpenMP/TBB threading layer here")
     if request.param == "torch":
-        monkeypatch.setattr(cpu_kernels, "_kernel", lambda: None)
+        monkeypatch.setattr(cpu_kernels, "_kernels", lambda: None)
     return request.param
 
 
@@ -307,6 +307,34 @@ def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
     normed = TiledLinear(conv.w, conv.b, norm)(x, residual=residual)
     expected = residual + torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), conv.w)
     torch.testing.assert_close(normed, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
+    """Without numba (or a parallel threading layer for it) the kernels report unavailable with a
+    warning that says so, and float32 CPU steps still match the plain path through torch."""
+    from jukebox.transformer import cpu_kernels
+
+    def no_numba(cache):
+        raise ImportError("No module named 'numba'")
+
+    monkeypatch.setattr(cpu_kernels, "_build_kernels", no_numba)
+    cpu_kernels._kernels.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="numba kernels unavailable .*No module named 'numba'"):
+            assert not cpu_kernels.available()
+        assert cpu_kernels.backend() == "torch"
+        model = _transformer(2, 3)
+        x, enc = _inputs(3)
+        with torch.no_grad():
+            plain = _stepped(model, x, enc, n_prime=1, fast=False)
+            fast = _stepped(model, x, enc, n_prime=1, fast=True)
+            model(x[:, :1], enc, sample=True)
+            layer = model.step_plan(x[:, 1:2]).layers[0]
+            model.del_cache()
+        assert not layer.cpu_attention and not layer.cpu_fused and layer.c_attn.tiles is not None
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+    finally:
+        cpu_kernels._kernels.cache_clear()
 
 
 @pytest.mark.parametrize("heads,step", [(1, 1), (2, 3), (4, 1)])

@@ -17,7 +17,7 @@ and the cache write with the whole attention of one new position (``attention``)
 
 The kernels need numba (installed with librosa) with a parallel threading layer (OpenMP or TBB);
 numba's fallback ``workqueue`` layer is slower than the BLAS, so then ``available()`` is False
-and callers use torch: ``torch.baddbmm`` over the same tiles, and their own attention.
+and callers use torch: ``torch.bmm`` over the same tiles, and their own attention.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any 
 _NONE_1D, _NONE_2D = np.empty(0, np.float32), np.empty((0, 0), np.float32)  # "no norm", "no residual"
 
 
-def _build_kernel(cache: bool):
+def _build_kernels(cache: bool):
     import numba
 
     # Reassociation lets LLVM vectorise sums over a row; the tiled products keep their order.
@@ -120,14 +120,14 @@ def _build_kernel(cache: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel():
-    """``(numba, linear kernel, attention kernel)``, or None when numba is missing or has no parallel
-    threading layer."""
+def _kernels():
+    """``(numba, tiled_linear, cached_attention)`` compiled and checked on tiny inputs, or None (with a
+    warning) when numba is missing, can not compile here or has no parallel threading layer."""
     try:
         try:  # compiled code is cached beside this file (or in numba's user-wide cache directory)
-            numba, kernel, attention_kernel = _build_kernel(cache=True)
+            numba, kernel, attention_kernel = _build_kernels(cache=True)
         except RuntimeError:  # no writable cache directory: compile in every process
-            numba, kernel, attention_kernel = _build_kernel(cache=False)
+            numba, kernel, attention_kernel = _build_kernels(cache=False)
         out = np.empty((1, 2), dtype=np.float32)
         kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, np.ones((1, 2, 2), np.float32),
                np.zeros(2, np.float32), _NONE_2D, out)  # compiles, starts the threads
@@ -135,10 +135,10 @@ def _kernel():
         attended = np.empty((1, 2), np.float32)
         attention_kernel(np.ones((1, 6), np.float32), cache, cache.copy(), 1, 0, 2, 1, 1, 1.0, attended)
     except Exception as error:  # noqa: BLE001 (no numba, or it can not compile or run here: fall back)
-        _note(f"numba kernel unavailable ({error}); float32 CPU steps use torch.baddbmm")
+        _note(f"numba kernels unavailable ({error}); float32 CPU steps use torch")
         return None
     if numba.threading_layer() == "workqueue" or not (out == 2.0).all() or not (attended == 1.0).all():
-        _note("numba has no OpenMP or TBB threading layer; float32 CPU steps use torch.baddbmm")
+        _note("numba has no OpenMP or TBB threading layer; float32 CPU steps use torch")
         return None
     return numba, kernel, attention_kernel
 
@@ -148,19 +148,19 @@ def _note(message: str) -> None:
 
 
 def available() -> bool:
-    """Whether the tiled kernel runs in this process (compiled on the first call, about a second)."""
-    return _kernel() is not None
+    """Whether the kernels run in this process (compiled or loaded from the cache on the first call)."""
+    return _kernels() is not None
 
 
 def backend() -> str:
     """What float32 CPU steps run on here, e.g. ``"numba (omp threading layer)"`` or ``"torch"``."""
-    kernel = _kernel()
+    kernel = _kernels()
     return "torch" if kernel is None else f"numba ({kernel[0].threading_layer()} threading layer)"
 
 
 def match_threads() -> None:
-    """Run the kernel on as many threads as torch uses (call once per step, not per product)."""
-    kernel = _kernel()
+    """Run the kernels on as many threads as torch uses (call once per step, not per product)."""
+    kernel = _kernels()
     if kernel is not None:
         numba = kernel[0]
         threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
@@ -175,7 +175,7 @@ class TiledLinear:
 
     Calling it maps x ``(M, n_in)`` to ``(M, n_out)``, plus ``residual`` ``(M, n_out)`` if given; the
     kernel does the norm, product, bias and residual in one pass. Without the numba kernel the
-    tiles are multiplied by ``torch.baddbmm`` and torch does the rest.
+    tiles are multiplied by ``torch.bmm`` and torch does the rest.
     """
 
     __slots__ = ("tiles", "bias", "norm", "n_out", "_kernel", "_args")
@@ -189,7 +189,7 @@ class TiledLinear:
         self.bias = b.detach().float().contiguous()
         self.norm = None if norm is None else (norm[0].detach().float().contiguous(),
                                                norm[1].detach().float().contiguous(), float(norm[2]))
-        kernel = _kernel()
+        kernel = _kernels()
         self._kernel = kernel[1] if kernel is not None else None
         norm_args = (_NONE_1D, _NONE_1D, 0.0) if norm is None else \
             (self.norm[0].numpy(), self.norm[1].numpy(), self.norm[2])
@@ -222,5 +222,5 @@ def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head
     attention output ``(N, n_state)``: softmax of the scaled scores of each head, in float32.
     """
     out = np.empty((proj.shape[0], key.shape[2]), dtype=np.float32)
-    _kernel()[2](proj.contiguous().numpy(), key.numpy(), value.numpy(), slot, start, stop, step, n_head, scale, out)
+    _kernels()[2](proj.contiguous().numpy(), key.numpy(), value.numpy(), slot, start, stop, step, n_head, scale, out)
     return torch.from_numpy(out)

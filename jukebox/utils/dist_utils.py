@@ -7,6 +7,7 @@ any rank aborts the whole MPI job (``MPI_Abort``) so the other ranks never hang 
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import socket
@@ -115,7 +116,15 @@ def setup_dist_from_mpi(port: int = 29500, backend: str | None = None,
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    # Left to interpreter shutdown, the process group's threads can abort a finished rank
+    # ("terminate called without an active exception"); tear it down first.
+    atexit.register(_destroy_process_group)
     return rank, local_rank, device
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _all_local(comm: Any) -> bool:
