@@ -306,3 +306,38 @@ def test_launch_scripts_reject_a_missing_audio_folder(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPTS / "train_vqvae.sh"), str(tmp_path / "nowhere")],
                           env={**_env(tmp_path), "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+_THREADS_SCRIPT = """
+import torch
+from jukebox.utils.dist_utils import setup_dist_from_mpi
+setup_dist_from_mpi()
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("set_omp", [False, True])
+def test_cpu_ranks_on_one_machine_share_its_cores(set_omp):
+    """Two CPU ranks of one machine each take half its cores (not all of them, which oversubscribes
+    the machine), unless OMP_NUM_THREADS says otherwise."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    share = max(1, (os.cpu_count() or 1) // 2)
+    omp_threads = ("1" if share > 1 else "2") if set_omp else None  # a count the split would not give
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+        if omp_threads:
+            env["OMP_NUM_THREADS"] = omp_threads
+        procs.append(subprocess.Popen([sys.executable, "-c", _THREADS_SCRIPT], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    expected = int(omp_threads) if omp_threads else share
+    assert [int(out.split()[-1]) for out, _ in outs] == [expected, expected]

@@ -90,7 +90,8 @@ def setup_dist_from_mpi(port: int = 29500, backend: str | None = None,
             raise DistSetupError("launched under mpiexec but mpi4py is missing: pip install mpi4py mpich") from e
         comm = MPI.COMM_WORLD
         rank, world_size = comm.Get_rank(), comm.Get_size()
-        local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        local_rank, local_size = local.Get_rank(), local.Get_size()
         _abort_mpi_on_exception(comm)
         if world_size == 1:
             return 0, 0, _pick_device(0)
@@ -107,12 +108,16 @@ def setup_dist_from_mpi(port: int = 29500, backend: str | None = None,
     elif _launched_by_torchrun():
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         if world_size == 1:
             return 0, 0, _pick_device(0)
     else:
         return 0, 0, _pick_device(0)
 
     device = _pick_device(local_rank)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Ranks on one machine share its cores: each takes its part instead of all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
