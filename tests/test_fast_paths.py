@@ -291,7 +291,7 @@ def cpu_kernels_mode(request, monkeypatch):
 def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
     """Float32 CPU steps multiply weights as zero-padded column tiles (cpu_kernels.TiledLinear):
     addmm's numbers to float32 rounding for any batch and width, with the layer norm before and
-    the residual after the product when asked."""
+    quick_gelu and the residual after the product when asked."""
     from jukebox.transformer.cpu_kernels import TILE, TiledLinear
     from jukebox.transformer.ops import Conv1D
 
@@ -307,6 +307,9 @@ def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
     normed = TiledLinear(conv.w, conv.b, norm)(x, residual=residual)
     expected = residual + torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), conv.w)
     torch.testing.assert_close(normed, expected, atol=1e-5, rtol=1e-5)
+    activated = TiledLinear(conv.w, conv.b, norm, gelu=True)(x)
+    y = torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), conv.w)
+    torch.testing.assert_close(activated, y * torch.sigmoid(1.702 * y), atol=1e-5, rtol=1e-5)
 
 
 def test_missing_numba_warns_and_steps_fall_back(monkeypatch):

@@ -12,8 +12,8 @@ cache. Every output is the float32 dot product over ``n_in`` accumulated in orde
 multiply-adds allowed), so it differs from ``addmm`` by float32 rounding only.
 
 A step's other work is a few hundred tiny tensor operations, each costing more in dispatch than in
-arithmetic; the kernels also take the layer norm before a product, the residual add after it,
-and the cache write with the whole attention of one new position (``attention``).
+arithmetic; the kernels also take the layer norm before a product, the activation and residual
+add after it, and the cache write with the whole attention of one new position (``attention``).
 
 The kernels need numba (installed with librosa) with a parallel threading layer (OpenMP or TBB);
 numba's fallback ``workqueue`` layer is slower than the BLAS, so then ``available()`` is False
@@ -58,7 +58,7 @@ def _build_kernels(cache: bool):
         return y
 
     @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=cache)
-    def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, residual, out):  # pragma: no cover
+    def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, out):  # pragma: no cover
         rows, n_in = x.shape
         n_tiles, _, width = tiles.shape
         if norm_weight.shape[0]:
@@ -74,6 +74,8 @@ def _build_kernels(cache: bool):
             for m in range(rows):
                 for j in range(min(width, out.shape[1] - col)):  # the last tile may be zero-padded
                     acc[m, j] += bias[col + j]
+                    if gelu:  # quick_gelu: x sigmoid(1.702 x)
+                        acc[m, j] = acc[m, j] / (np.float32(1.0) + np.exp(np.float32(-1.702) * acc[m, j]))
                     if residual.shape[0]:
                         acc[m, j] += residual[m, col + j]
                     out[m, col + j] = acc[m, j]
@@ -130,7 +132,7 @@ def _kernels():
             numba, kernel, attention_kernel = _build_kernels(cache=False)
         out = np.empty((1, 2), dtype=np.float32)
         kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, np.ones((1, 2, 2), np.float32),
-               np.zeros(2, np.float32), _NONE_2D, out)  # compiles, starts the threads
+               np.zeros(2, np.float32), False, _NONE_2D, out)  # compiles, starts the threads
         cache = np.ones((1, 2, 2), np.float32)
         attended = np.empty((1, 2), np.float32)
         attention_kernel(np.ones((1, 6), np.float32), cache, cache.copy(), 1, 0, 2, 1, 1, 1.0, attended)
@@ -169,18 +171,19 @@ def match_threads() -> None:
 
 
 class TiledLinear:
-    """``x -> norm(x) @ w + b``: a float32 CPU weight ``(n_in, n_out)`` and bias ``(n_out,)``, copied
-    into contiguous column tiles ``(ceil(n_out / TILE), n_in, TILE)`` (the last one zero-padded),
-    with an optional layer norm ``norm = (weight, bias, eps)`` of the input.
+    """``x -> act(norm(x) @ w + b)``: a float32 CPU weight ``(n_in, n_out)`` and bias ``(n_out,)``,
+    copied into contiguous column tiles ``(ceil(n_out / TILE), n_in, TILE)`` (the last one
+    zero-padded), with an optional layer norm ``norm = (weight, bias, eps)`` of the input and, with
+    ``gelu``, quick_gelu ``y sigmoid(1.702 y)`` of the output.
 
     Calling it maps x ``(M, n_in)`` to ``(M, n_out)``, plus ``residual`` ``(M, n_out)`` if given; the
-    kernel does the norm, product, bias and residual in one pass. Without the numba kernel the
-    tiles are multiplied by ``torch.bmm`` and torch does the rest.
+    kernel does the norm, product, bias, activation and residual in one pass. Without the numba
+    kernel the tiles are multiplied by ``torch.bmm`` and torch does the rest.
     """
 
-    __slots__ = ("tiles", "bias", "norm", "n_out", "_kernel", "_args")
+    __slots__ = ("tiles", "bias", "norm", "gelu", "n_out", "_kernel", "_args")
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None):
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
         n_in, self.n_out = w.shape
         n_tiles = -(-self.n_out // TILE)
         padded = torch.zeros(n_in, n_tiles * TILE)
@@ -193,7 +196,8 @@ class TiledLinear:
         self._kernel = kernel[1] if kernel is not None else None
         norm_args = (_NONE_1D, _NONE_1D, 0.0) if norm is None else \
             (self.norm[0].numpy(), self.norm[1].numpy(), self.norm[2])
-        self._args = (*norm_args, self.tiles.numpy(), self.bias.numpy())
+        self.gelu = gelu
+        self._args = (*norm_args, self.tiles.numpy(), self.bias.numpy(), gelu)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self._kernel is None:
@@ -209,6 +213,8 @@ class TiledLinear:
         n_tiles = self.tiles.shape[0]
         y = torch.bmm(x.expand(n_tiles, *x.shape), self.tiles)  # (P, M, TILE)
         y = y.transpose(0, 1).reshape(x.shape[0], -1)[:, :self.n_out] + self.bias
+        if self.gelu:
+            y = y * torch.sigmoid(1.702 * y)
         return y if residual is None else residual + y
 
 

@@ -148,7 +148,7 @@ class _Linear:
     __slots__ = ("w", "b", "packed", "cast", "tiles")
 
     def __init__(self, conv: Conv1D, dtype: torch.dtype, pack_fp16: bool, tile: bool = False,
-                 norm: tuple | None = None):
+                 norm: tuple | None = None, gelu: bool = False):
         self.packed = self.tiles = None
         self.cast = False
         if pack_fp16:
@@ -160,7 +160,7 @@ class _Linear:
         # Off CPU a float32 copy of float16 weights would double their memory: cast per call instead.
         self.cast = self.w.dtype != dtype
         if tile and not self.cast:
-            self.tiles = cpu_kernels.TiledLinear(self.w, self.b, norm)
+            self.tiles = cpu_kernels.TiledLinear(self.w, self.b, norm, gelu)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -214,7 +214,7 @@ class _Layer:
         norm_0, norm_1 = (self.ln_0, self.ln_1) if self.cpu_fused else (None, None)
         self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, tile, norm_0)
         self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16, tile)
-        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16, tile, norm_1)
+        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16, tile, norm_1, gelu=self.cpu_fused)
         self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16, tile)
         linears = (self.c_attn, self.c_proj, self.c_fc, self.mlp_proj)
         # Plain (w, b) products in the compute dtype with the quick_gelu of the priors: the fused form applies.
@@ -282,10 +282,9 @@ class StepPlan:
     def _layer(self, L: _Layer, x: torch.Tensor, attend) -> torch.Tensor:
         """One ``ResAttnBlock`` on x ``(N, width)``; ``attend(L, proj)`` maps the attention
         projection ``c_attn`` of the normed input to the attention output before ``c_proj``."""
-        if L.cpu_fused:  # norms inside c_attn and c_fc; residuals added by the kernel
+        if L.cpu_fused:  # norms inside c_attn and c_fc, quick_gelu after c_fc, residuals: all in the kernels
             h = L.c_proj.tiles(attend(L, L.c_attn(x)), residual=x)
-            m = L.c_fc(h)
-            return L.mlp_proj.tiles(m * torch.sigmoid(1.702 * m), residual=h)
+            return L.mlp_proj.tiles(L.c_fc(h), residual=h)
         if self.fuse and L.fusable:
             proj = self._fused_in(x, *L.ln_0, L.c_attn.w, L.c_attn.b)
             return self._fused_out(x, attend(L, proj), L.c_proj.w, L.c_proj.b, *L.ln_1, L.c_fc.w, L.c_fc.b,
