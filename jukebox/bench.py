@@ -186,7 +186,8 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     floor = weight_bytes / bandwidth
     # A merged lyrics sequence (single_enc_dec) sits before the n_ctx music tokens of every window.
     out = dict(hps=hps, device=str(dev), n_ctx=prior.n_ctx, prefix_tokens=model.input_dims - prior.n_ctx,
-               threads=threads if dev.type == "cpu" else None, params=params, weight_bytes=weight_bytes, bandwidth=bandwidth, floor_s=floor, fp16=fp16,
+               threads=threads if dev.type == "cpu" else None, params=params, weight_bytes=weight_bytes,
+               bandwidth=bandwidth, floor_s=floor, fp16=fp16,
                cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph, plain_step=plain_step)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out["load_average"] = load
@@ -219,8 +220,9 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
                 steps += timer.step_times()
                 rates.append(n * (tokens + 2) / total)
         step, floor_n = statistics.median(steps), weight_bytes / statistics.median(bandwidths)
-        out[f"ancestral_n{n}"] = dict(step_s=step, tokens_per_s=n / step, end_to_end_tokens_per_s=statistics.median(rates),
-                                      kv_cache_bytes_per_sample=timer.cache_bytes / n, floor_s=floor_n)
+        out[f"ancestral_n{n}"] = dict(step_s=step, tokens_per_s=n / step, floor_s=floor_n,
+                                      end_to_end_tokens_per_s=statistics.median(rates),
+                                      kv_cache_bytes_per_sample=timer.cache_bytes / n)
         log(f"  ancestral n_samples={n}: {step * 1e3:.1f} ms/step = {n / step:.1f} tokens/s "
             f"({step / floor_n:.2f}x the floor of {floor_n * 1e3:.1f} ms measured between its runs; "
             f"end to end {statistics.median(rates):.1f} tokens/s)")

@@ -20,8 +20,8 @@ Two step kinds share the layer arithmetic:
 
 On CPU in float32, the numba kernels of ``cpu_kernels`` (where numba has a parallel threading
 layer) do the attention of the new position in ``step``, with its cache write, and for float32
-weights the products with the layer norms and residual adds around them; they read the weights at
-about the memory bandwidth and differ from the plain path by float32 rounding (see ``_Linear``).
+weights the products with the layer norms, activation and residual adds around them; they read the
+weights at about the memory bandwidth and differ from the plain path by float32 rounding.
 
 Weights: on CUDA they are used as stored; float16 weights on CPU (``fp16_params`` checkpoints) run
 through FBGEMM's float16-weight GEMM, which reads half the bytes and computes in float32 on the
@@ -139,7 +139,7 @@ class _Linear:
     """A ``Conv1D`` resolved for one run: ``(M, n_in) -> (M, n_out)`` in the compute dtype.
 
     Float32 weights on CPU are copied, for the run, into column tiles (``cpu_kernels.TiledLinear``,
-    given ``norm`` it also layer-norms its input), which are read at about the memory bandwidth
+    which also applies ``norm`` to its input and ``gelu`` to its output), read at about the memory bandwidth
     where the BLAS reads a plain ``(n_in, n_out)`` matrix times a few rows at a fraction of it.
     Results differ from ``addmm`` by float32 rounding. The copy holds the weights' memory again
     while the run lasts.
@@ -207,7 +207,7 @@ class _Layer:
         cpu_float32 = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32
         tile = cpu_float32 and not pack_fp16
         # The numba kernels attend (any weights), and with tiles also do the layer norms before
-        # c_attn and c_fc and the residual adds.
+        # c_attn and c_fc, the activation after c_fc and the residual adds.
         self.cpu_attention = cpu_float32 and cpu_kernels.available()
         self.cpu_fused = tile and self.cpu_attention and self.act is None and self.res_scale == 1.0 and all(
             conv.w.dtype == torch.float32 for conv in convs)
