@@ -272,7 +272,8 @@ class ConditionalAutoregressive2D(nn.Module):
         """``x_out`` for one-position steps ``(n, 1, width) -> (n, 1, bins)``: with float32 weights on
         CPU through the tiled kernel, which reads the weight at memory bandwidth (as the layers' products)."""
         w = self.x_out.weight
-        if w.device.type != "cpu" or w.dtype != torch.float32 or not self.transformer.fast_step:
+        if w.device.type != "cpu" or w.dtype != torch.float32 or not self.transformer.fast_step \
+                or not cpu_kernels.available():
             return self.x_out
         tiled = cpu_kernels.TiledLinear(w.t(), torch.zeros(w.shape[0]))
         return lambda h: tiled(h.reshape(n, -1)).view(n, 1, -1)

@@ -13,7 +13,7 @@ multiply-adds allowed), so it differs from ``addmm`` by float32 rounding only.
 
 A step's other work is a few hundred tiny tensor operations, each costing more in dispatch than in
 arithmetic; the kernels also take the layer norm before a product, the activation and residual
-add after it, and the cache write with the whole attention of one new position (``attention``).
+add after it, and the cache write with the whole attention of one new position (``CacheAttention``).
 
 The kernels need numba (installed with librosa) with a parallel threading layer (OpenMP or TBB);
 numba's fallback ``workqueue`` layer is slower than the BLAS, so then ``available()`` is False
@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "attention"]
+__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "CacheAttention", "attention"]
 
 TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any batch of samples
 _NONE_1D, _NONE_2D = np.empty(0, np.float32), np.empty((0, 0), np.float32)  # "no norm", "no residual"
@@ -218,15 +218,31 @@ class TiledLinear:
         return y if residual is None else residual + y
 
 
+class CacheAttention:
+    """One-query attention over a layer's float32 key/value caches ``(N, K, n_state)`` with
+    ``n_head`` heads and score scale ``scale``; needs ``available()``. The caches' numpy views are
+    made once here, not at every step.
+
+    Calling it with proj ``(N, 3 n_state)``, the new position's query, key and value (or
+    ``(N, n_state)``, the query alone, for encoder-decoder attention), first writes the key and
+    value to cache row ``slot`` (if ``slot >= 0``), in place, then attends over the rows
+    ``start:stop:step``. Returns ``(N, n_state)``: softmax of the scaled scores of each head, in float32.
+    """
+
+    __slots__ = ("n_state", "_kernel", "_key", "_value", "_head")
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor, n_head: int, scale: float):
+        self.n_state = key.shape[2]
+        self._kernel = _kernels()[2]
+        self._key, self._value, self._head = key.numpy(), value.numpy(), (n_head, scale)
+
+    def __call__(self, proj: torch.Tensor, slot: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
+        out = np.empty((proj.shape[0], self.n_state), dtype=np.float32)
+        self._kernel(proj.contiguous().numpy(), self._key, self._value, slot, start, stop, step, *self._head, out)
+        return torch.from_numpy(out)
+
+
 def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head: int, scale: float,
               slot: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
-    """One query per sample over the cached keys ``start:stop:step``; needs ``available()``.
-
-    proj ``(N, 3 n_state)`` holds the new position's query, key and value (or ``(N, n_state)``,
-    the query alone, for encoder-decoder attention); the key and value are first written to row
-    ``slot`` (if ``slot >= 0``) of the caches key/value ``(N, K, n_state)``, in place. Returns the
-    attention output ``(N, n_state)``: softmax of the scaled scores of each head, in float32.
-    """
-    out = np.empty((proj.shape[0], key.shape[2]), dtype=np.float32)
-    _kernels()[2](proj.contiguous().numpy(), key.numpy(), value.numpy(), slot, start, stop, step, n_head, scale, out)
-    return torch.from_numpy(out)
+    """``CacheAttention(key, value, n_head, scale)(proj, slot, start, stop, step)``, for one call."""
+    return CacheAttention(key, value, n_head, scale)(proj, slot, start, stop, step)

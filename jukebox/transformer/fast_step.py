@@ -208,8 +208,8 @@ class _Layer:
         tile = cpu_float32 and not pack_fp16
         # The numba kernels attend (any weights), and with tiles also do the layer norms before
         # c_attn and c_fc, the activation after c_fc and the residual adds.
-        self.cpu_attention = cpu_float32 and cpu_kernels.available()
-        self.cpu_fused = tile and self.cpu_attention and self.act is None and self.res_scale == 1.0 and all(
+        kernels = cpu_float32 and cpu_kernels.available()
+        self.cpu_fused = tile and kernels and self.act is None and self.res_scale == 1.0 and all(
             conv.w.dtype == torch.float32 for conv in convs)
         norm_0, norm_1 = (self.ln_0, self.ln_1) if self.cpu_fused else (None, None)
         self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, tile, norm_0)
@@ -225,6 +225,8 @@ class _Layer:
         self.bc = attn.block_ctx
         self.key, self.value = attn.cache["key"], attn.cache["value"]
         self.n_keys = self.key.shape[1]
+        self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
+            if kernels else None
         if self.func in (4, 5):
             s = attn._spread
             slot = torch.arange(self.n_keys, device=self.key.device)
@@ -339,8 +341,8 @@ class StepPlan:
                 value[:, (b + 1) * s + t - lo] = v
             return self._attend(L, q, key, value, mask=(L.key_pos <= t)[None])
         slot, start, stop, step = self._window(L, t)
-        if L.cpu_attention:
-            return cpu_kernels.attention(proj, key, value, L.n_head, L.scale, slot, start, stop, step)
+        if L.cpu_attention is not None:
+            return L.cpu_attention(proj, slot, start, stop, step)
         if L.func == 6:
             return self._attend(L, proj, key, value)
         q, k, v = self._qkv(L, proj)
