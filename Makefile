@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test sample clean
+.PHONY: install test lint sample clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ $(STAMP): $(PY) requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP)
 
+# Tests that need OpenAI's released artist/genre tables read JUKEBOX_IDS_DIR and skip without it (README: Testing).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jukebox tests scripts
 
 # A few seconds of music from the bundled demo model (jukebox/models/demo), all three levels, on CPU.
 SAMPLE_DIR ?= samples/demo

@@ -12,7 +12,8 @@ Command line, to (re)compute the alignment of a finished sampling run::
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +110,6 @@ def run(model: str, logdir: str, levels: int = 3, hop_fraction: Sequence[float] 
 
 
 if __name__ == "__main__":
-    import fire
+    from jukebox.utils.cli import fire_command
 
-    fire.Fire(run)
+    fire_command(run, prog="python jukebox/align.py")

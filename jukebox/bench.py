@@ -19,7 +19,6 @@ are printed too.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -30,6 +29,7 @@ import torch
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import make_prior, make_vqvae
 from jukebox.transformer import cpu_kernels
+from jukebox.utils.cli import ArgumentParser, run_cli
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.sampling import plan_level
 from jukebox.vqvae.vqvae import calculate_hop_lengths
@@ -178,7 +178,6 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     model.transformer.cpu_fp16_weights = cpu_fp16_weights
     model.transformer.fast_step = not plain_step
     model.cuda_graph = cuda_graph
-    dtype = torch.float16 if fp16 and dev.type != "cpu" else torch.float32
     g = torch.Generator().manual_seed(0)
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = weight_bytes_per_step(model, cpu_fp16_weights and dev.type == "cpu")
@@ -215,7 +214,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         for r in range(repeats + 1):
             if r:
                 bandwidths.append(measure_bandwidth(dev, repeats=3))
-            timer, total = _timed(model, dev, lambda: sample(n, sample_tokens=tokens + 2))
+            timer, total = _timed(model, dev, lambda n=n: sample(n, sample_tokens=tokens + 2))
             if r:
                 steps += timer.step_times()
                 rates.append(n * (tokens + 2) / total)
@@ -302,7 +301,7 @@ def project_song(seconds: float, levels: list[dict], n_ctx: list[int], hops: lis
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m jukebox.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m jukebox.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--hps", default=None, help=f"registry sets (default: {CPU_DEFAULT} on CPU; on CUDA both "
                    f"of {list(CUDA_DEFAULTS)} at the original's batch sizes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -356,4 +355,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = ["Hyperparams", "HPARAMS_REGISTRY", "DEFAULTS", "setup_hparams", "REMOTE_PREFIX"]
 
@@ -230,7 +231,8 @@ DEFAULTS["cond_conv_block"] = Hyperparams(
     cond_depth=3, cond_width=128, cond_m_conv=1.0, cond_zero_out=False, cond_res_scale=False,
     cond_dilation_growth_rate=1, cond_dilation_cycle=None, cond_c_res=0,
 )
-DEFAULTS["sample"] = Hyperparams(primed_chunk_size=None, selected_artists="", temp_top=1.0, temp_rest=0.99, sample_length_in_seconds=24, total_sample_length_in_seconds=240)
+DEFAULTS["sample"] = Hyperparams(primed_chunk_size=None, selected_artists="", temp_top=1.0, temp_rest=0.99,
+                                 sample_length_in_seconds=24, total_sample_length_in_seconds=240)
 DEFAULTS["prime"] = Hyperparams(
     prime_loss_fraction=0.1, restore_decoder="", prime_depth=3, prime_width=128, prime_heads=1,
     prime_attn_order=0, prime_blocks=None, prime_spread=None, prime_attn_dropout=0.0,
@@ -243,7 +245,8 @@ DEFAULTS["opt"] = Hyperparams(
     eps=1e-08, lr_warmup=100.0, lr_decay=10000000000.0, lr_gamma=1.0, lr_scale=1.0,
     lr_use_linear_decay=False, lr_start_linear_decay=0, lr_use_cosine_decay=False,
 )
-DEFAULTS["fp16"] = Hyperparams(fp16=False, fp16_params=False, fp16_loss_scale=None, fp16_scale_window=1000.0, fp16_opt=False)
+DEFAULTS["fp16"] = Hyperparams(fp16=False, fp16_params=False, fp16_loss_scale=None, fp16_scale_window=1000.0,
+                               fp16_opt=False)
 DEFAULTS["train_test_eval"] = Hyperparams(
     labels=True, labels_v3=False, dump=False, ema=True, ema_fused=True, cpu_ema=False, cpu_ema_freq=100,
     reset_best_loss=False, reset_step=False, reset_opt=False, reset_shd=False, train=False, test=False,

@@ -4,22 +4,32 @@ from __future__ import annotations
 import difflib
 import gc
 import os
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from jukebox.hparams import Hyperparams, setup_hparams
-from jukebox.utils.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, state_dict_problems,
-                                      strip_module_prefix)
+from jukebox.utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    state_dict_problems,
+    strip_module_prefix,
+)
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.remote import resolve_path
-from jukebox.utils.transformers_format import (from_transformers_state_dict, is_transformers_state_dict,
-                                                load_transformers_state_dict)
+from jukebox.utils.transformers_format import (
+    from_transformers_state_dict,
+    is_transformers_state_dict,
+    load_transformers_state_dict,
+)
 from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
 
 __all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
-           "restore_model", "make_vqvae", "make_prior", "MODELS", "LazyPrior", "make_model"]
+           "restore_model", "make_vqvae", "make_prior", "MODELS", "LazyPrior", "make_model", "model_sets",
+           "model_sample_rate"]
 
 # Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
 # Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
@@ -58,11 +68,21 @@ def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str) -> N
         checkpoint = load_transformers_state_dict(path)
     else:
         checkpoint = load_checkpoint(path)
+    if isinstance(model, VQVAE):
+        _check_vqvae_sample_rate(checkpoint, checkpoint_path, hps.sr)
     state_dict = checkpoint.get("model", checkpoint)
     if is_transformers_state_dict(state_dict):
         state_dict = _from_transformers(state_dict, model)
     load_state_dict_checked(model, state_dict)
     model.step = int(checkpoint.get("step", 0))
+
+
+def _check_vqvae_sample_rate(checkpoint: Mapping[str, Any], path: str, sr: int) -> None:
+    """Refuse a VQ-VAE checkpoint saved with other hps.sr: its codes would describe audio at another speed."""
+    saved = checkpoint.get("hps")
+    if isinstance(saved, Mapping) and saved.get("sr") and int(saved["sr"]) != int(sr):
+        raise CheckpointError(f"{path} is a VQ-VAE trained at {int(saved['sr'])} Hz but sr={sr}; pass "
+                              f"--sr={int(saved['sr'])}, or resample your audio set and train a VQ-VAE at {sr} Hz")
 
 
 def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu") -> VQVAE:
@@ -288,6 +308,22 @@ def _tied_groups(module: nn.Module) -> list[list[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
+def model_sets(model: str) -> tuple[str, ...]:
+    """The hparams sets of ``MODELS[model]`` (VQ-VAE first, then the priors bottom up); an unknown name is an
+    error that lists the known ones."""
+    if model not in MODELS:
+        close = difflib.get_close_matches(model, list(MODELS), n=3)
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + ". Add your own to MODELS in jukebox/make_models.py.")
+    return MODELS[model]
+
+
+def model_sample_rate(model: str) -> int:
+    """The audio sample rate (Hz) ``model``'s VQ-VAE was trained at."""
+    return int(setup_hparams(model_sets(model)[0], {}).sr)
+
+
 def make_model(model: str, device: str | torch.device, hps: Hyperparams,
                levels: Sequence[int] | None = None) -> tuple[VQVAE, list[LazyPrior]]:
     """The VQ-VAE (on ``device``, restored) and the priors of ``MODELS[model]`` as ``LazyPrior`` s.
@@ -296,12 +332,7 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams,
     (rounded to a multiple of the top hop). levels: which priors to return (indices into the model's levels,
     negative ones from the top; default all, bottom first).
     """
-    if model not in MODELS:
-        close = difflib.get_close_matches(model, list(MODELS), n=3)
-        raise ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}"
-                         + (f" (did you mean {', '.join(close)}?)" if close else "")
-                         + ". Add your own to MODELS in jukebox/make_models.py.")
-    vqvae_name, *prior_names = MODELS[model]
+    vqvae_name, *prior_names = model_sets(model)
     vqvae = make_vqvae(setup_hparams(vqvae_name, dict(
         sample_length=hps.get("sample_length", 0),
         sample_length_in_seconds=hps.get("sample_length_in_seconds", 0))), device)

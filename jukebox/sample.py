@@ -7,6 +7,7 @@ Modes: ``ancestral`` (default); ``continue`` and ``upsample`` from the ``data.pt
 (``--codes_file``); ``primed`` from audio files (``--audio_file=a.wav,b.flac --prompt_length_in_seconds=12``).
 Conditioning: ``--artist``, ``--genre``, ``--lyrics`` or ``--lyrics_file``, or ``--metas=file.json`` (a list of
 ``{"artist", "genre", "lyrics"}``), tiled to ``n_samples``; without them a built-in set of examples is used.
+``--sr`` defaults to the model's sample rate; another rate is refused.
 Sampling settings per level (bottom level first) can be overridden with ``--temp``, ``--fp16``,
 ``--max_batch_size``, ``--chunk_size``, ``--top_k``, ``--top_p``, each a scalar or a comma list.
 
@@ -21,23 +22,24 @@ window and gives the same codes as an uninterrupted run. The file is removed whe
 """
 from __future__ import annotations
 
-import difflib
 import errno
-import inspect
 import json
 import os
 import secrets
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+import fire
 import torch
 
 from jukebox.align import can_align, get_alignment
 from jukebox.hparams import Hyperparams
-from jukebox.make_models import make_model
+from jukebox.make_models import make_model, model_sample_rate
 from jukebox.save_html import save_html
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
-from jukebox.utils.dist_utils import get_rank, get_world_size, print_once, setup_dist_from_mpi
+from jukebox.utils.cli import check_options, run_cli
+from jukebox.utils.dist_utils import get_world_size, print_once, setup_dist_from_mpi
 from jukebox.utils.io import audio_info, load_audio, save_wav
 from jukebox.utils.sampling import on_device, sample_levels
 
@@ -144,7 +146,8 @@ def make_metas(n_samples: int, total_length: int, artist: Any = None, genre: Any
         if isinstance(base, dict):
             base = [base]
         if not isinstance(base, list) or not base or not all(isinstance(m, dict) for m in base):
-            raise ValueError(f"{metas} must hold a non-empty JSON list of {{\"artist\", \"genre\", \"lyrics\"}} objects")
+            raise ValueError(f"{metas} must hold a non-empty JSON list of "
+                             '{"artist", "genre", "lyrics"} objects')
         for i, m in enumerate(base):
             unknown = set(m) - {"artist", "genre", "lyrics"}
             if unknown:
@@ -249,7 +252,7 @@ def _restore_rng(state: dict) -> None:
 
 
 def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float = 24,
-        total_sample_length_in_seconds: float = 240, sr: int = 44100, n_samples: int = 1,
+        total_sample_length_in_seconds: float = 240, sr: int | None = None, n_samples: int = 1,
         hop_fraction: Any = (0.5, 0.5, 0.125), mode: str = "ancestral", codes_file: str | None = None,
         audio_file: Any = None, prompt_length_in_seconds: float | None = None, port: int = 29500,
         seed: int | None = None, temp: Any = None, fp16: Any = None, max_batch_size: Any = None,
@@ -267,6 +270,7 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
     if not all(0.0 < h <= 1.0 for h in hop_fraction):
         raise ValueError(f"--hop_fraction must be in (0, 1] on every level (windows overlap by 1 - hop_fraction), "
                          f"got {hop_fraction}")
+    sr = _check_sample_rate(model, sr)
     rank, _, device = setup_dist_from_mpi(port=port)
     logdir = f"{name}_rank_{rank}" if get_world_size() > 1 else str(name)
     _check_writable(logdir)
@@ -289,6 +293,15 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
                            top_k=top_k, top_p=top_p),
                 make_metas(n_samples, int(total_sample_length_in_seconds * sr), artist, genre, lyrics, lyrics_file,
                            metas))
+
+
+def _check_sample_rate(model: str, sr: int | None) -> int:
+    """The model's sample rate; a different ``--sr`` is refused (the wavs would play at the wrong speed and pitch)."""
+    model_sr = model_sample_rate(model)
+    if sr is not None and int(sr) != model_sr:
+        raise ValueError(f"--sr={sr} but model {model!r} works at {model_sr} Hz; pass --sr={model_sr} or leave --sr "
+                         "out (the model's rate is the default)")
+    return model_sr
 
 
 def _check_writable(logdir: str) -> None:
@@ -414,23 +427,11 @@ def _save_level(level: int, zs: list[torch.Tensor], labels: list, sampling_kwarg
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: ``run`` through fire, refusing unknown ``--options`` before any work starts (fire alone
-    would sample with the defaults and only complain about a mistyped option afterwards)."""
-    import fire
-
+    """The command line: ``run`` through fire; unknown ``--options`` are refused before any work starts."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    known = set(inspect.signature(run).parameters) | {"help"}
-    for arg in argv:
-        if arg == "--":  # fire's own flags follow
-            break
-        if arg.startswith("--"):
-            flag = arg[2:].split("=", 1)[0].replace("-", "_")
-            if flag not in known and not (flag.startswith("no") and flag[2:] in known):
-                close = difflib.get_close_matches(flag, sorted(known), n=3)
-                hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
-                raise ValueError(f"unknown option --{flag}{hint} (see `python jukebox/sample.py --help`)")
+    check_options(run, argv, "python jukebox/sample.py")
     fire.Fire(run, command=argv)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile
 import torch
 from PIL import Image
+
 from jukebox.utils.atomic import atomic_write
 
 __all__ = ["save_html", "alignment_frames", "script_json"]

@@ -43,26 +43,32 @@ import shutil
 import signal
 import time
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-import fire
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.data.data_processor import DataProcessor
+from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.make_models import make_prior, make_vqvae, resolve_checkpoint_path
+from jukebox.utils.atomic import atomic_write
 from jukebox.utils.audio_utils import audio_postprocess, audio_preprocess
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
-from jukebox.utils.dist_utils import (allgather, allreduce, barrier, get_world_size, print_once,
-                                      setup_dist_from_mpi)
+from jukebox.utils.cli import fire_command
+from jukebox.utils.dist_utils import allgather, allreduce, barrier, get_world_size, print_once, setup_dist_from_mpi
 from jukebox.utils.ema import EMA, default_mu
 from jukebox.utils.logger import init_logging, make_logdir
-from jukebox.utils.torch_utils import (count_parameters, float16_params_to_float32, grad_norm,
-                                       params_checksum, scale_grads, zero_grad)
-from jukebox.utils.atomic import atomic_write
+from jukebox.utils.torch_utils import (
+    count_parameters,
+    float16_params_to_float32,
+    grad_norm,
+    params_checksum,
+    scale_grads,
+    zero_grad,
+)
 
 __all__ = ["lr_multiplier", "make_optimizer", "make_ema", "make_ddp", "plain_hps", "Trainer", "main", "run"]
 
@@ -498,4 +504,4 @@ def run(hps: str = "teeny", port: int = 29500, **overrides: Any) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire(run)
+    fire_command(run, prog="python jukebox/train.py")

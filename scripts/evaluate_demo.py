@@ -21,9 +21,9 @@ import json
 import math
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import fire
 import librosa
 import numpy as np
 import soundfile as sf
@@ -33,6 +33,7 @@ from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.make_models import MODELS, make_model, make_vqvae
 from jukebox.utils.atomic import atomic_write
 from jukebox.utils.audio_utils import multispectral_loss, spectral_convergence
+from jukebox.utils.cli import fire_command
 from jukebox.utils.io import load_audio
 from jukebox.vqvae.vqvae import calculate_hop_lengths
 
@@ -288,4 +289,4 @@ def main(model: str = "demo", test_dir: str = "data/demo/test", out: str = "juke
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire_command(main, prog="python scripts/evaluate_demo.py")

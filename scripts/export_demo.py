@@ -15,14 +15,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 from typing import Any
-
-import fire
-import torch
 
 from jukebox.utils.atomic import atomic_write
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
+from jukebox.utils.cli import fire_command
 
 TRAINING_KEYS = ("name", "argv", "ngpus", "bs", "sample_length", "lr", "level", "levels", "n_ctx")
 
@@ -51,7 +48,7 @@ def main(vqvae: str, priors: Any, out: str = "jukebox/models/demo") -> None:
     """Export the VQ-VAE and the priors (comma list, bottom level first) into ``out``."""
     priors = priors.split(",") if isinstance(priors, str) else list(priors)
     if len(priors) != 3:
-        sys.exit(f"--priors needs 3 checkpoints (levels 0, 1, 2), got {len(priors)}")
+        raise ValueError(f"--priors needs 3 checkpoints (levels 0, 1, 2), got {len(priors)}")
     os.makedirs(out, exist_ok=True)
     stages = {"vqvae": export(vqvae, os.path.join(out, "vqvae.pth.tar"), half=False)}
     for level, path in enumerate(priors):
@@ -65,4 +62,4 @@ def main(vqvae: str, priors: Any, out: str = "jukebox/models/demo") -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire_command(main, prog="python scripts/export_demo.py")

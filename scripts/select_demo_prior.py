@@ -13,14 +13,13 @@ import os
 import re
 import sys
 
-import fire
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from evaluate_demo import bits_per_token, held_out_audio  # noqa: E402
-
 from jukebox.hparams import setup_hparams  # noqa: E402
 from jukebox.make_models import MODELS, make_prior, make_vqvae  # noqa: E402
+from jukebox.utils.cli import fire_command  # noqa: E402
 
 
 def main(level: int, vqvae: str = "logs/demo_vqvae/checkpoint_latest.pth.tar", logs: str = "logs",
@@ -50,4 +49,4 @@ def main(level: int, vqvae: str = "logs/demo_vqvae/checkpoint_latest.pth.tar", l
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire_command(main, prog="python scripts/select_demo_prior.py")

@@ -1,4 +1,8 @@
-"""Shared test helpers: where ../shared is, and loading of the reference fixtures."""
+"""Where the test data lives, loading of the reference fixtures, and the released id tables' switch.
+
+Everything the suite reads is in the repository (``tests/reference``, ``tests/data``), except OpenAI's
+artist/genre tables of the released models: tests that need them read ``$JUKEBOX_IDS_DIR`` and skip without it.
+"""
 from __future__ import annotations
 
 import os
@@ -8,23 +12,42 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("JUKEBOX_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "reference"
+TESTS = REPO / "tests"
+REFERENCE = TESTS / "reference"
 FIXTURES = REFERENCE / "fixtures"
 MANIFESTS = REFERENCE / "manifests"
-IDS_DIR = REFERENCE / "ids"
-DATA = SHARED / "data"
+DATA = TESTS / "data"
+# Made-up tables in the released format (tests/data/README.md): for tests that need some tables, not OpenAI's.
+IDS_DIR = DATA / "ids"
 
-# Tests never reach the internet: released id tables would come from this unreachable address.
+_RELEASED_TABLES = [f"{v}_{kind}_ids.txt" for v in ("v2", "v3") for kind in ("artist", "genre")]
+
+
+def _released_ids_dir() -> Path | None:
+    value = os.environ.get("JUKEBOX_IDS_DIR")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    missing = [name for name in _RELEASED_TABLES if not (path / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"JUKEBOX_IDS_DIR={value} lacks {', '.join(missing)}; point it at a folder with "
+                                "all four released tables, or unset it")
+    return path
+
+
+RELEASED_IDS_DIR = _released_ids_dir()
+requires_released_ids = pytest.mark.skipif(
+    RELEASED_IDS_DIR is None,
+    reason="needs OpenAI's released artist/genre tables (v2_/v3_artist_ids.txt, v2_/v3_genre_ids.txt from the "
+           "original repository's jukebox/data/ids/): set JUKEBOX_IDS_DIR to the folder that holds them")
+
+# The released tables are never fetched by the suite: the address below refuses at once.
 os.environ.setdefault("JUKEBOX_IDS_URL", "http://127.0.0.1:9/")
 
 
 def load_fixture(name: str) -> dict:
-    """Load ``reference/fixtures/<name>.pt`` (plain tensors and containers only)."""
-    path = FIXTURES / f"{name}.pt"
-    if not path.exists():
-        pytest.fail(f"reference fixture {path} is missing: tests need ../shared beside the checkout")
-    return torch.load(path, weights_only=True, map_location="cpu")
+    """Load ``tests/reference/fixtures/<name>.pt`` (plain tensors and containers only)."""
+    return torch.load(FIXTURES / f"{name}.pt", weights_only=True, map_location="cpu")
 
 
 def randomize_weights(module: torch.nn.Module, seed: int) -> None:

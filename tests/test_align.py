@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import IDS_DIR, load_fixture
 from jukebox.align import can_align, get_alignment

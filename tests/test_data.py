@@ -1,4 +1,4 @@
-"""FilesAudioDataset and DataProcessor on the real clips in ../shared/data (12 FLAC clips, 8 s, 22050 Hz mono)."""
+"""FilesAudioDataset and DataProcessor on the real clips in tests/data (12 FLAC clips, 8 s, 22050 Hz mono)."""
 from __future__ import annotations
 
 import json
@@ -143,19 +143,26 @@ def test_duration_bounds_filter(tmp_path):
 
 
 def test_duration_cache_in_read_only_data_dir(monkeypatch, tmp_path):
-    before = sorted(os.listdir(MUSIC))
-    FilesAudioDataset(make_hps(MUSIC))
-    assert sorted(os.listdir(MUSIC)) == before  # nothing written into the read-only shared folder
-    [cache] = list((tmp_path / "cache" / "datasets").glob("music-*/.jukebox_durations.json"))
-    entries = json.loads(cache.read_text())["files"]
-    assert sorted(entries) == before and all(e["frames"] == CLIP_SAMPLES for e in entries.values())
+    # The folder is made read-only by its permission bits, which is what counts even for root (who may still write).
+    music = tmp_path / "music"
+    shutil.copytree(MUSIC, music, ignore=shutil.ignore_patterns(".jukebox_*"))
+    music.chmod(0o555)
+    try:
+        before = sorted(os.listdir(music))
+        FilesAudioDataset(make_hps(music))
+        assert sorted(os.listdir(music)) == before  # nothing written into the read-only folder
+        [cache] = list((tmp_path / "cache" / "datasets").glob("music-*/.jukebox_durations.json"))
+        entries = json.loads(cache.read_text())["files"]
+        assert sorted(entries) == before and all(e["frames"] == CLIP_SAMPLES for e in entries.values())
 
-    def no_decoding(path):
-        raise AssertionError(f"{path} was decoded again despite the cache")
+        def no_decoding(path):
+            raise AssertionError(f"{path} was decoded again despite the cache")
 
-    monkeypatch.setattr(files_dataset, "scan_audio", no_decoding)
-    monkeypatch.setattr(files_dataset, "audio_info", no_decoding)
-    assert FilesAudioDataset(make_hps(MUSIC)).durations == [CLIP_SAMPLES] * 12
+        monkeypatch.setattr(files_dataset, "scan_audio", no_decoding)
+        monkeypatch.setattr(files_dataset, "audio_info", no_decoding)
+        assert FilesAudioDataset(make_hps(music)).durations == [CLIP_SAMPLES] * 12
+    finally:
+        music.chmod(0o755)
 
 
 def test_duration_cache_beside_writable_data_and_refresh(tmp_path):
@@ -203,13 +210,13 @@ def test_labelled_chunks(tmp_path, monkeypatch):
     monkeypatch.setenv("JUKEBOX_IDS_DIR", str(IDS_DIR))
     data = tmp_path / "data"
     copy_clip(data, "nebula.flac")
-    (data / "nebula.json").write_text(json.dumps({"artist": "Pat Boone", "genre": "folk rock", "lyrics": "Hi"}))
+    (data / "nebula.json").write_text(json.dumps({"artist": "Someone Else", "genre": "folk rock", "lyrics": "Hi"}))
     ds = FilesAudioDataset(make_hps(data, labels=True, labels_v3=False, max_bow_genre_size=5, n_tokens=4))
     wav, y = ds[3]
     assert wav.shape == (SR, 2) and y.dtype == np.int64
-    # v2 ids from reference/ids: pat_boone 99, folk 38, rock 8; lyrics 'Hi' left-padded to 4 tokens.
+    # v2 ids from tests/data/ids: someone_else 5, folk 3, rock 6; lyrics 'Hi' left-padded to 4 tokens.
     tokens = ds.labeller.text_processor.tokenise("Hi")
-    assert y.tolist() == [CLIP_SAMPLES, 3 * SR, SR, 99, 38, 8, -1, -1, -1, 0, 0, *tokens]
+    assert y.tolist() == [CLIP_SAMPLES, 3 * SR, SR, 5, 3, 6, -1, -1, -1, 0, 0, *tokens]
     batch = collate([ds[0], ds[1]])
     assert isinstance(batch, tuple) and batch[0].shape == (2, SR, 2) and batch[1].shape == (2, 13)
     with pytest.raises(ValueError, match="max_bow_genre_size"):

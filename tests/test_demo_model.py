@@ -71,7 +71,8 @@ def test_demo_sampling_ancestral_upsample_primed(tmp_path):
     assert sr == SR and len(audio) == 16512 and np.sqrt(np.mean(audio ** 2)) > 1e-4
     assert (tmp_path / "anc" / "level_0" / "index.html").exists()
 
-    sample.run(name=str(tmp_path / "up"), mode="upsample", codes_file=str(tmp_path / "anc" / "level_2" / "data.pth.tar"),
+    sample.run(name=str(tmp_path / "up"), mode="upsample",
+               codes_file=str(tmp_path / "anc" / "level_2" / "data.pth.tar"),
                **common)
     up = load_checkpoint(tmp_path / "up" / "level_0" / "data.pth.tar")["zs"]
     assert torch.equal(up[2], data["zs"][2]) and up[0].shape == data["zs"][0].shape

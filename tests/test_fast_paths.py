@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_weights
-
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
 from jukebox.transformer.fast_step import StepPlan, fp16_gemm_available
 from jukebox.transformer.ops import convert_conv_weights_to_fp16
@@ -221,7 +220,8 @@ def test_fp16_weights_use_packed_gemm_and_match():
 
 
 def test_bench_helpers_count_weights_and_steps():
-    """The benchmark's floor counts every weight a step reads; its timer sees the priming and every step, on both step paths (no timing asserted)."""
+    """The benchmark's floor counts every weight a step reads; its timer sees the priming and every step, on both
+    step paths (no timing asserted)."""
     from jukebox.bench import _timed, weight_bytes_per_step
 
     m = _prior()

@@ -187,8 +187,9 @@ def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
 # ---------------------------------------------------------------------------------------------
 # Training killed at random moments
 # ---------------------------------------------------------------------------------------------
-# Once the file "hold_writes" exists, the runner (Linux: /proc) holds the next checkpoint write (and says so in "in_write") so
-# that one kill lands in the middle of it: the temporary file is written but has not replaced its target yet.
+# Once the file "hold_writes" exists, the runner (Linux: /proc) holds the next checkpoint write (and says so in
+# "in_write") so that one kill lands in the middle of it: the temporary file is written but has not replaced its
+# target yet.
 TRAIN_RUNNER = """
 import os, time
 from pathlib import Path

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import IDS_DIR
@@ -26,7 +26,7 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_healt
 SAMPLE_LENGTH = 1024
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def labeller(v3: bool, n_tokens: int) -> Labeller:
     return Labeller(1 if v3 else 5, n_tokens, SAMPLE_LENGTH, v3=v3, ids_dir=IDS_DIR)
 

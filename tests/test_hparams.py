@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, setup_hparams
 from conftest import MANIFESTS
+from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, setup_hparams
 
 RELEASED = ["vqvae", "upsampler_level_0", "upsampler_level_1", "prior_5b", "prior_5b_lyrics", "prior_1b_lyrics"]
 README_SETS = ["small_vqvae", "small_prior", "small_upsampler", "small_labelled_prior",
@@ -71,6 +71,6 @@ def test_attribute_access_and_user_registration():
         hps.level = 0
         assert hps["level"] == 0
         with pytest.raises(AttributeError):
-            hps.not_a_key
+            _ = hps.not_a_key
     finally:
         del HPARAMS_REGISTRY["my_small_prior_for_test"]

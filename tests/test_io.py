@@ -1,4 +1,4 @@
-"""Audio reading (seek, decode, resample) and writing, on the real recordings in ../shared/data."""
+"""Audio reading (seek, decode, resample) and writing, on the real recordings in tests/data."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,16 @@ import torch
 from scipy.signal import resample_poly
 
 from conftest import DATA
-from jukebox.utils.io import (AudioReadError, _read_av, _read_sf, audio_info, get_duration_sec, load_audio,
-                              save_wav, scan_audio)
+from jukebox.utils.io import (
+    AudioReadError,
+    _read_av,
+    _read_sf,
+    audio_info,
+    get_duration_sec,
+    load_audio,
+    save_wav,
+    scan_audio,
+)
 
 FORMATS = DATA / "formats"
 # file -> (native sr, channels, seconds)

@@ -216,7 +216,7 @@ def test_labeller_is_lazy(case, tmp_path):
     assert prior._labeller is None  # building the prior read no id tables
     prior.ids_dir = tmp_path
     with pytest.raises(FileNotFoundError):
-        prior.labeller
+        _ = prior.labeller
     prior.ids_dir = IDS_DIR
     try:
         assert isinstance(prior.labeller, Labeller)

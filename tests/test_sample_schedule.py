@@ -98,7 +98,7 @@ def test_resume_skips_finished_windows_and_levels():
     priors = [RecordingPrior(l, levels, scenario["n_ctx"][l], scenario["downsamples"], calls) for l in range(levels)]
     n = scenario["n_samples"]
     # level 2 finished (40 tokens), level 1 has its first 2 windows (96 tokens)
-    zs = [torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 96, dtype=torch.long), torch.zeros(n, 40, dtype=torch.long)]
+    zs = [torch.zeros(n, t, dtype=torch.long) for t in (0, 96, 40)]
     y = torch.tensor([[scenario["total_length"], scenario["offset"], 0]] * n)
     kwargs = [dict(temp=0.99, fp16=False, chunk_size=16, max_batch_size=scenario["max_batch_size"])] * levels
     seen = []

@@ -245,7 +245,7 @@ def _serve(directory: Path) -> tuple[subprocess.Popen, str]:
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("python -m http.server did not come up")
+                raise RuntimeError("python -m http.server did not come up") from None
             time.sleep(0.1)
 
 

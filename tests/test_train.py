@@ -161,9 +161,8 @@ def test_unknown_hparam_fails_fast_with_a_clear_message(tmp_path):
 
 
 WRAPPER = """
-import sys
-import fire
 import jukebox.train as train
+from jukebox.utils.cli import fire_command
 
 original = train.Trainer.train_step
 
@@ -173,7 +172,7 @@ def failing_step(self, *args, **kwargs):
     return original(self, *args, **kwargs)
 
 train.Trainer.train_step = failing_step
-fire.Fire(train.run)
+fire_command(train.run)
 """
 
 
@@ -287,7 +286,8 @@ README_COMMANDS = {
     "anneal_prior.sh": "--hps=small_vqvae,small_prior,all_fp16,cpu_ema --name=small_prior --sample_length=2097152 "
                        "--bs=4 --audio_files_dir={audio} --labels=False --train --test --aug_shift --aug_blend "
                        "--restore_vqvae=logs/small_vqvae/checkpoint_latest.pth.tar --prior --levels=2 --level=1 "
-                       "--weight_decay=0.01 --save_iters=1000 --restore_prior=logs/small_prior/checkpoint_latest.pth.tar "
+                       "--weight_decay=0.01 --save_iters=1000 "
+                       "--restore_prior=logs/small_prior/checkpoint_latest.pth.tar "
                        "--lr_use_linear_decay --lr_start_linear_decay=5000 --lr_decay=2000",
 }
 

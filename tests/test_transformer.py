@@ -97,7 +97,9 @@ def _reference_attention(attn: FactoredAttention, x, enc):
             k, v = torch.cat([zeros, k], 1), torch.cat([zeros, v], 1)
             zero_visible = (i // BC == 0) if f == 3 else torch.ones(length, 1, dtype=torch.bool)
             visible = torch.cat([zero_visible.expand(length, n_zero), visible], 1)
-    split = lambda t: t.unflatten(-1, (HEADS, -1)).transpose(1, 2)
+    def split(t):
+        return t.unflatten(-1, (HEADS, -1)).transpose(1, 2)
+
     qh, kh, vh = split(q), split(k), split(v)
     scores = qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1])
     probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)

@@ -9,8 +9,12 @@ import torch
 from conftest import MANIFESTS, load_fixture
 from jukebox.hparams import Hyperparams
 from jukebox.make_models import LazyPrior, make_prior, make_vqvae
-from jukebox.utils.transformers_format import (from_transformers_state_dict, is_transformers_state_dict,
-                                               to_transformers_key, to_transformers_state_dict)
+from jukebox.utils.transformers_format import (
+    from_transformers_state_dict,
+    is_transformers_state_dict,
+    to_transformers_key,
+    to_transformers_state_dict,
+)
 
 # (our key, level or None for the VQ-VAE, the port's key): names as they appear in the port's checkpoints
 KNOWN_NAMES = [
@@ -28,7 +32,8 @@ KNOWN_NAMES = [
     ("prior.x_out.weight", 2, "priors.0.prior.fc_proj_out.weight"),
     ("prior.pos_emb.pos_emb", 2, "priors.0.prior.pos_emb.pos_emb"),
     ("prior.transformer._attn_mods.3.ln_1.bias", 2, "priors.0.prior.transformer._attn_mods.3.layer_norm_1.bias"),
-    ("prior.transformer._attn_mods.18.attn.c_enc_kv.w", 2, "priors.0.prior.transformer._attn_mods.18.attn.c_enc_kv.weight"),
+    ("prior.transformer._attn_mods.18.attn.c_enc_kv.w", 2,
+     "priors.0.prior.transformer._attn_mods.18.attn.c_enc_kv.weight"),
     ("prior.transformer._attn_mods.0.mlp.c_fc.b", 2, "priors.0.prior.transformer._attn_mods.0.mlp.c_fc.bias"),
     ("y_emb.artist_emb.emb.weight", 2, "priors.0.metadata_embedding.artist_emb.weight"),
     ("y_emb.bow_genre_emb.emb.weight", 1, "priors.1.metadata_embedding.bow_genre_emb.weight"),
@@ -116,7 +121,7 @@ def test_round_trip_restores_identical_models(models, hf_file):
     assert all(torch.equal(a, b) for a, b in zip(zs, vqvae.encode(x)))
     assert torch.equal(restored_vqvae.decode(zs), vqvae.decode(zs))
 
-    for level, (fx, prior) in enumerate(zip(fixtures, priors)):
+    for fx, prior in zip(fixtures, priors):
         hps = Hyperparams(fx["hps"])
         hps.restore_prior = str(path)
         restored = make_prior(hps, restored_vqvae, "cpu")

@@ -79,6 +79,18 @@ def test_decode_every_start_level(case):
             _close(vqvae.decode(zs[level:], start_level=level, bs_chunks=2), expected)
 
 
+def test_decode_needs_only_the_lowest_level(case):
+    """The original's call pattern: the levels above ``start_level`` may be left out, as only the lowest one is
+    decoded."""
+    fixture, _, vqvae = case
+    zs = fixture["outputs"]["zs"]
+    with torch.no_grad():
+        for level, expected in enumerate(fixture["outputs"]["x_ds"]):
+            lowest = vqvae.decode(zs[level:level + 1], start_level=level)
+            assert torch.equal(lowest, vqvae.decode(zs[level:], start_level=level))
+            _close(lowest, expected)
+
+
 def test_bottleneck_outputs_without_update(case):
     fixture, _, vqvae = case
     out = fixture["outputs"]
@@ -135,8 +147,13 @@ def test_bad_inputs_raise_clear_errors(case):
         vqvae.encode(x[..., 0])
     with pytest.raises(ValueError, match="multiple of the top hop length"):
         vqvae(x[:, :-1], hps, loss_fn=hps.loss_fn)
+    zs = fixture["outputs"]["zs"]
     with pytest.raises(ValueError, match="one per level"):
-        vqvae.decode(fixture["outputs"]["zs"][1:])
+        vqvae.decode(zs[1:], start_level=0, end_level=len(zs))
+    with pytest.raises(ValueError, match="start_level < end_level"):
+        vqvae.decode(zs, start_level=1)  # more levels than the model has above start_level
+    with pytest.raises(ValueError, match="at least one level"):
+        vqvae.decode([])
     with pytest.raises(ValueError, match="unknown loss_fn"):
         vqvae(x, hps, loss_fn="l3")
 

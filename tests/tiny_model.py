@@ -3,8 +3,8 @@ real loading path (checkpoint files, lazy priors, labellers, id tables) without 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -15,8 +15,8 @@ import difflib
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from jukebox.utils.atomic import atomic_write
 from jukebox.utils.remote import DownloadError, cache_dir, fetch_to
@@ -85,7 +85,8 @@ def _write_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_id_tables(metadata: Iterable[Mapping[str, str]], out_dir: str | os.PathLike, v3: bool = True) -> dict[str, Path]:
+def write_id_tables(metadata: Iterable[Mapping[str, str]], out_dir: str | os.PathLike,
+                    v3: bool = True) -> dict[str, Path]:
     """Write artist and genre tables for your own dataset, in the format ``ArtistGenreProcessor`` reads.
 
     metadata: items with 'artist' and 'genre' entries (e.g. one per training file). Id 0 is 'unknown';

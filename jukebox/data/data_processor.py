@@ -8,7 +8,8 @@ every epoch by ``set_epoch``.
 from __future__ import annotations
 
 import signal
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -21,17 +21,18 @@ import json
 import os
 import stat
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from jukebox.utils.atomic import atomic_write
 from jukebox.utils.dist_utils import barrier, get_rank, print_once
 from jukebox.utils.io import AudioReadError, audio_info, load_audio, scan_audio
 from jukebox.utils.remote import cache_dir
-from jukebox.utils.atomic import atomic_write
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioFileSkipped", "FilesAudioDataset", "dataset_cache_file"]
 

@@ -7,7 +7,7 @@ cache; a known prefix is first fed through that cache in chunks.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,7 +224,8 @@ class SimplePrior(nn.Module):
     def get_cond(self, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None):
         """Conditioning of one window.
 
-        Returns (x_cond ``(N, n_ctx, W)`` or None, y_cond ``(N, 1, W)`` or None, lyric tokens ``(N, n_tokens)`` or None).
+        Returns (x_cond ``(N, n_ctx, W)`` or None, y_cond ``(N, 1, W)`` or None, lyric tokens ``(N, n_tokens)``
+        or None).
         """
         y, prime = self._split_y(y)
         y_cond, y_pos = self.y_emb(y) if self.y_cond else (None, None)

@@ -121,7 +121,7 @@ def _build_kernels(cache: bool):
     return numba, tiled_linear, cached_attention
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels():
     """``(numba, tiled_linear, cached_attention)`` compiled and checked on tiny inputs, or None (with a
     warning) when numba is missing, can not compile here or has no parallel threading layer."""

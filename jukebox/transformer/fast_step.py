@@ -170,7 +170,7 @@ class _Linear:
         return torch.addmm(self.b, x, self.w.to(x.dtype) if self.cast else self.w)
 
 
-_PACKED: "weakref.WeakKeyDictionary[Conv1D, tuple]" = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[Conv1D, tuple] = weakref.WeakKeyDictionary()
 
 
 def _packed_fp16(conv: Conv1D):

@@ -7,7 +7,7 @@ released checkpoints do; ``fp16_params`` keeps only these ``w`` in float16.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

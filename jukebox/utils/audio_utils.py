@@ -6,8 +6,9 @@ STFTs use a periodic Hann window of ``window_size`` samples, zero-padded at both
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

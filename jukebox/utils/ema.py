@@ -9,7 +9,8 @@ averaged ones and a second ``swap()`` brings training back.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

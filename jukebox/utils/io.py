@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import librosa
 import numpy as np
 import soundfile as sf
+
 from jukebox.utils.atomic import atomic_write
 
 __all__ = [

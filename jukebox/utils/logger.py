@@ -10,13 +10,14 @@ import errno
 import json
 import os
 import sys
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from jukebox.utils.dist_utils import allreduce, get_rank, print_once
 from jukebox.utils.atomic import atomic_write, remove_stale_temporaries
+from jukebox.utils.dist_utils import allreduce, get_rank, print_once
 
 __all__ = ["Logger", "Metrics", "make_logdir", "init_logging"]
 

@@ -13,7 +13,8 @@ The functions here only need priors exposing ``n_ctx``, ``raw_to_tokens``, ``get
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm

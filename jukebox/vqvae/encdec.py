@@ -6,7 +6,8 @@ which mirrors it with transposed convolutions.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn

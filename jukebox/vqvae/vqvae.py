@@ -1,13 +1,19 @@
 """Hierarchical VQ-VAE: per level an encoder from raw audio, a quantiser and a decoder back to audio."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from jukebox.utils.audio_utils import (audio_postprocess, multispectral_loss, reconstruction_loss,
-                                       spectral_convergence, spectral_loss)
+from jukebox.utils.audio_utils import (
+    audio_postprocess,
+    multispectral_loss,
+    reconstruction_loss,
+    spectral_convergence,
+    spectral_loss,
+)
 from jukebox.vqvae.bottleneck import Bottleneck, NoBottleneck
 from jukebox.vqvae.encdec import Decoder, Encoder
 
@@ -119,8 +125,15 @@ class VQVAE(nn.Module):
 
     def decode(self, zs: Sequence[torch.Tensor], start_level: int = 0, end_level: int | None = None,
                bs_chunks: int = 1) -> torch.Tensor:
-        """Codes of levels ``start_level..end_level-1`` -> audio ``(N, T, C)`` from the lowest one."""
-        end_level = self._level_range(start_level, end_level)
+        """Codes ``[(N, T_l)]`` of levels ``start_level, start_level + 1, ...`` -> audio ``(N, T, C)``.
+
+        Only the lowest level, ``zs[0]``, goes through its decoder, so the levels above may be left out:
+        ``decode(zs[:1], start_level=l)`` equals ``decode(zs, start_level=l)``. ``end_level`` defaults to
+        ``start_level + len(zs)``.
+        """
+        if not zs:
+            raise ValueError("decode needs the codes of at least one level")
+        end_level = self._level_range(start_level, start_level + len(zs) if end_level is None else end_level)
         if len(zs) != end_level - start_level:
             raise ValueError(f"decode got {len(zs)} code tensors for levels {start_level}..{end_level - 1}; "
                              "pass one per level")
