@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from jukebox.hparams import setup_hparams
+from jukebox.inference import cpu_kernels
+from jukebox.inference.sampler import TokenSampler
 from jukebox.make_models import make_prior, make_vqvae
-from jukebox.transformer import cpu_kernels
 from jukebox.utils.cli import ArgumentParser, run_cli
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.sampling import plan_level
@@ -94,13 +95,15 @@ def build_prior(hps_names: str, device: torch.device, seed: int = 0) -> torch.nn
 class StepTimer:
     """Times a sampling run: the start of every transformer call (a forward pre-hook records
     ``(time, positions fed)``: priming chunks and plain-path steps), the end of priming, and every
-    draw of new tokens (one per step, also when the step is a replayed CUDA graph that calls no module)."""
+    draw of new tokens (one per step, also when the step runs a step plan or a CUDA graph, which call
+    no module)."""
 
     device: torch.device
     calls: list = field(default_factory=list)
     draws: list = field(default_factory=list)
     primed: float | None = None
     cache_bytes: int = 0
+    sampler: TokenSampler | None = None
 
     def __call__(self, module, args, kwargs):
         _sync(self.device)
@@ -110,12 +113,11 @@ class StepTimer:
         _sync(self.device)
         self.primed = time.perf_counter()
 
-    def on_draw(self, transformer: torch.nn.Module) -> None:
+    def on_draw(self) -> None:
         _sync(self.device)
         self.draws.append(time.perf_counter())
         if not self.cache_bytes:
-            self.cache_bytes = sum(buf.numel() * buf.element_size() for block in transformer._attn_mods
-                                   for buf in block.attn.cache.values())
+            self.cache_bytes = self.sampler.cache.nbytes
 
     def step_times(self, skip: int = 1) -> list[float]:
         """Seconds between consecutive draws (one step and its draw each), after the first ``skip``
@@ -138,30 +140,20 @@ def _conds(model: torch.nn.Module, n: int, device: torch.device, dtype: torch.dt
     return x_cond, y_cond, encoder_kv
 
 
-def _timed(model, device, fn) -> tuple[StepTimer, float]:
+def _timed(model, device, fn, **options) -> tuple[StepTimer, float]:
+    """Time ``fn(sampler)`` with a ``TokenSampler`` of ``model`` (``options``: its settings) that reports
+    to a ``StepTimer``."""
     timer = StepTimer(device)
+    timer.sampler = TokenSampler(model, on_primed=timer.on_primed, on_draw=timer.on_draw, **options)
     handle = model.transformer.register_forward_pre_hook(timer, with_kwargs=True)
-    draw, check_cache = model._draw, model.transformer.check_cache
-
-    def timed_draw(*args, **kwargs):
-        timer.on_draw(model.transformer)
-        return draw(*args, **kwargs)
-
-    def timed_check_cache(*args, **kwargs):  # sampling checks the cache once, right after priming
-        timer.on_primed()
-        return check_cache(*args, **kwargs)
-
-    # Instance attributes shadow the methods for this run only.
-    model._draw, model.transformer.check_cache = timed_draw, timed_check_cache
     try:
         _sync(device)
         t = time.perf_counter()
-        fn()
+        fn(timer.sampler)
         _sync(device)
         return timer, time.perf_counter() - t
     finally:
         handle.remove()
-        del model._draw, model.transformer.check_cache
 
 
 def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples: tuple[int, ...] = (1, 4),
@@ -175,9 +167,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         torch.set_num_threads(threads)
     prior = build_prior(hps, dev)
     model = prior.prior
-    model.transformer.cpu_fp16_weights = cpu_fp16_weights
-    model.transformer.fast_step = not plain_step
-    model.cuda_graph = cuda_graph
+    options = dict(cpu_fp16_weights=cpu_fp16_weights, plain_step=plain_step, cuda_graph=cuda_graph)
     g = torch.Generator().manual_seed(0)
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = weight_bytes_per_step(model, cpu_fp16_weights and dev.type == "cpu")
@@ -201,11 +191,14 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
 
     def sample(n, prefix=None, sample_tokens=None, chunk=None):
         x_cond, y_cond, encoder_kv = _conds(model, n, dev, torch.float32, g)
-        with torch.no_grad():
-            if prefix is None:
-                return model.sample(n, x_cond, y_cond, encoder_kv, fp16=fp16, sample_tokens=sample_tokens)
-            return model.primed_sample(n, prefix, x_cond, y_cond, encoder_kv, fp16=fp16, chunk_size=chunk,
-                                       sample_tokens=sample_tokens)
+
+        def run_sampler(sampler: TokenSampler):
+            with torch.no_grad():
+                if prefix is None:
+                    return sampler.sample(n, x_cond, y_cond, encoder_kv, fp16=fp16, sample_tokens=sample_tokens)
+                return sampler.primed_sample(n, prefix, x_cond, y_cond, encoder_kv, fp16=fp16, chunk_size=chunk,
+                                             sample_tokens=sample_tokens)
+        return _timed(model, dev, run_sampler, **options)
 
     # Ancestral sampling: the first run is the warm-up. Memory bandwidth drifts on shared machines, so it
     # is measured again before every timed run and each batch's floor comes from those measurements.
@@ -214,7 +207,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         for r in range(repeats + 1):
             if r:
                 bandwidths.append(measure_bandwidth(dev, repeats=3))
-            timer, total = _timed(model, dev, lambda n=n: sample(n, sample_tokens=tokens + 2))
+            timer, total = sample(n, sample_tokens=tokens + 2)
             if r:
                 steps += timer.step_times()
                 rates.append(n * (tokens + 2) / total)
@@ -240,9 +233,9 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
         deep_steps, start_steps = [], []
         for _ in range(max(repeats, 1)):
-            timer, _ = _timed(model, dev, lambda: sample(1, prefix, deep + tokens + 2, deep_chunk))
+            timer, _ = sample(1, prefix, deep + tokens + 2, deep_chunk)
             deep_steps += timer.step_times()
-            timer, _ = _timed(model, dev, lambda: sample(1, sample_tokens=tokens + 2))
+            timer, _ = sample(1, sample_tokens=tokens + 2)
             start_steps += timer.step_times()
         deep_step, start_step = statistics.median(deep_steps), statistics.median(start_steps)
         out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
@@ -257,7 +250,7 @@ def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generato
     prefix = torch.randint(model.bins, (n, prime_tokens), generator=g).to(dev)
     primes, news = [], []
     for r in range(repeats + 1):
-        timer, total = _timed(model, dev, lambda: sample(n, prefix, prime_tokens + new_tokens, chunk_size))
+        timer, total = sample(n, prefix, prime_tokens + new_tokens, chunk_size)
         if r:
             primes.append(timer.prime_time())
             news.append(total - primes[-1])

@@ -1,4 +1,5 @@
-"""The fast sampling paths (jukebox/transformer/fast_step.py) against the plain module path.
+"""The fast sampling paths (jukebox/inference: step plans, fixed-shape steps, CPU kernels) against the plain
+module path.
 
 For every attention function and a mix of them, one-token steps through the ``StepPlan``, both the
 Python-position step and the fixed-shape (CUDA-graph-ready) step run eagerly on CPU, must give the
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_weights
+from jukebox.inference.sampler import TokenSampler
+from jukebox.inference.step_plan import StepPlan, fp16_gemm_available
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
-from jukebox.transformer.fast_step import StepPlan, fp16_gemm_available
 from jukebox.transformer.ops import convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer
 
@@ -44,24 +46,30 @@ def _inputs(seed: int = 0):
     return torch.randn(N, N_CTX, W, generator=g), torch.randn(N, ENC, W, generator=g)
 
 
-def _stepped(model: Transformer, x, enc, n_prime: int, fast: bool, static: bool = False) -> torch.Tensor:
-    """Prime n_prime positions in one chunk, then step one position at a time."""
-    model.fast_step = fast
-    model.del_cache()
-    outs = [model(x[:, :n_prime], enc, sample=True)]
+def _stepped(model: Transformer, x, enc, n_prime: int, fast: bool, static: bool = False,
+             cpu_fp16_weights: bool = False) -> torch.Tensor:
+    """Prime n_prime positions in one chunk, then step one position at a time (through a StepPlan if fast)."""
+    cache = model.new_cache(N)
+    outs = [model(x[:, :n_prime], enc, cache=cache)]
+    plan = StepPlan(list(model._attn_mods), cache, torch.float32, cpu_fp16_weights) if fast else None
     for t in range(n_prime, N_CTX):
         xt = x[:, t:t + 1]
-        if static:
-            plan = model.step_plan(xt)
-            assert plan is not None
+        if plan is None:
+            out = model(xt, enc, cache=cache)
+        elif static:
             out = plan.static_step(xt[:, 0], torch.tensor(t)).unsqueeze(1)
-            for block in model._attn_mods:
-                block.attn.sample_t = t + 1
+            cache.advance(1)  # what StaticStep does after every replay
         else:
-            out = model(xt, enc, sample=True)
+            out = plan.step(xt[:, 0]).unsqueeze(1)
         outs.append(out)
-    model.del_cache()
     return torch.cat(outs, dim=1)
+
+
+def _plan(model: Transformer, x, enc, cpu_fp16_weights: bool = False) -> StepPlan:
+    """The step plan after one plain position."""
+    cache = model.new_cache(N)
+    model(x[:, :1], enc, cache=cache)
+    return StepPlan(list(model._attn_mods), cache, torch.float32, cpu_fp16_weights)
 
 
 @pytest.mark.parametrize("name", sorted(ORDERS))
@@ -80,40 +88,41 @@ def test_fast_step_matches_plain_path_and_full_forward(name, static, cpu_kernels
     torch.testing.assert_close(primed, full, atol=1e-5, rtol=0)
 
 
-def test_fast_step_is_used_and_keeps_cache_state():
+def test_fast_steps_and_plain_chunks_share_the_cache():
     model = _transformer(2, 3, res_scale=True)
     x, enc = _inputs(1)
     with torch.no_grad():
         full = model(x, enc)
-        model.del_cache()
-        model(x[:, :5], sample=True)
-        assert model._plan is None
-        out = model(x[:, 5:6], sample=True)
-        plan = model._plan
-        assert isinstance(plan, StepPlan)
-        model.check_cache(N, 6, fp16=False)
-        # A chunk after fast steps goes through the plain path on the same caches.
-        rest = model(x[:, 6:20], sample=True)
-        model.check_cache(N, 20, fp16=False)
-        assert model(x[:, 20:21], sample=True) is not None and model._plan is plan
-        model.del_cache()
-        assert model._plan is None
-    torch.testing.assert_close(torch.cat([out, rest], 1), full[:, 5:20], atol=1e-5, rtol=0)
+        cache = model.new_cache(N)
+        model(x[:, :5], cache=cache)
+        plan = StepPlan(list(model._attn_mods), cache, torch.float32)
+        out = plan.step(x[:, 5]).unsqueeze(1)
+        assert cache.position == 6
+        # A chunk after fast steps goes through the plain path on the same caches, and steps go on after it.
+        rest = model(x[:, 6:20], cache=cache)
+        assert cache.position == 20
+        after = plan.step(x[:, 20]).unsqueeze(1)
+        assert cache.position == 21
+    torch.testing.assert_close(torch.cat([out, rest, after], 1), full[:, 5:21], atol=1e-5, rtol=0)
 
 
-def test_fast_step_falls_back_to_plain_path_errors():
-    model = _transformer(1, 2)
-    x, _ = _inputs()
+def test_sampler_uses_the_plain_path_where_it_must():
+    m = _prior()
+    x, x_cond, y_cond, enc = _prior_inputs(2)
     with torch.no_grad():
-        model.del_cache()
-        model(x[:, :3], sample=True)
-        with pytest.raises(RuntimeError, match="del_cache"):
-            model(x[:1, 3:4], sample=True)  # another batch: the plain path's error
-        model(x[:, 3:N_CTX], sample=True)
-        with pytest.raises(ValueError, match="n_ctx"):
-            model(x[:, :1], sample=True)
-    model.train()
-    assert model.step_plan(x[:, :1]) is None
+        cache = m.transformer.new_cache(N)
+        m.transformer(torch.randn(N, 3, W), enc, cache=cache)
+        with pytest.raises(RuntimeError, match="new cache"):
+            m.transformer(torch.randn(1, 1, W), enc[:1], cache=cache)  # another batch
+    m.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        m.sample(N, x_cond, y_cond, enc, sample_tokens=4)
+    m.eval()
+    m.transformer.set_record_attn(True)  # recorded attention needs the module path
+    assert TokenSampler(m)._fast_step(m.transformer.new_cache(N), m.pos_emb(), x_cond, False) is None
+    m.transformer.set_record_attn(False)
+    assert TokenSampler(m, plain_step=True)._fast_step(m.transformer.new_cache(N), m.pos_emb(), x_cond,
+                                                       False) is None
 
 
 def _prior(device: str = "cpu") -> ConditionalAutoregressive2D:
@@ -138,8 +147,7 @@ def test_prior_cached_logits_fast_equal_plain_and_forward():
     with torch.no_grad():
         _, full = m(x, x_cond, y_cond, enc, get_preds=True)
         fast = m.cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
-        m.transformer.fast_step = False
-        plain = m.cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
+        plain = TokenSampler(m, plain_step=True).cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
 
@@ -152,28 +160,24 @@ def test_prior_static_step_matches_plain_path(device):
     m = _prior(device)
     x, x_cond, y_cond, enc = _prior_inputs(5, device)
     atol = 1e-5 if device == "cpu" else 1e-4  # CUDA kernels reduce in another order
+    graph_steps, plain_steps = TokenSampler(m, cuda_graph=True), TokenSampler(m, cuda_graph=False)
     with torch.no_grad():
-        plain = m.cached_logits(x, x_cond, y_cond, enc, n_prime=7, chunk_size=3)
-        m.cuda_graph = True
-        static = m.cached_logits(x, x_cond, y_cond, enc, n_prime=7, chunk_size=3)
-        ancestral = m.cached_logits(x, x_cond[:, :1], y_cond, enc)
-        m.cuda_graph = False
-        ancestral_plain = m.cached_logits(x, x_cond[:, :1], y_cond, enc)
+        plain = plain_steps.cached_logits(x, x_cond, y_cond, enc, n_prime=7, chunk_size=3)
+        static = graph_steps.cached_logits(x, x_cond, y_cond, enc, n_prime=7, chunk_size=3)
+        ancestral = graph_steps.cached_logits(x, x_cond[:, :1], y_cond, enc)
+        ancestral_plain = plain_steps.cached_logits(x, x_cond[:, :1], y_cond, enc)
     torch.testing.assert_close(static, plain, atol=atol, rtol=0)
     torch.testing.assert_close(ancestral, ancestral_plain, atol=atol, rtol=0)
     samples = []
-    for flag in (True, False):
-        m.cuda_graph = flag
+    for sampler in (graph_steps, plain_steps):
         torch.manual_seed(1)
-        samples.append(m.sample(N, x_cond, y_cond, enc, sample_tokens=30))
+        samples.append(sampler.sample(N, x_cond, y_cond, enc, sample_tokens=30))
     assert torch.equal(samples[0], samples[1])
     if device == "cuda":
         with torch.no_grad():
             _, full = m(x, x_cond, y_cond, enc, get_preds=True)
-            m.cuda_graph = False
-            eager = m.cached_logits(x, x_cond, y_cond, enc, fp16=True, n_prime=7, chunk_size=3)
-            m.cuda_graph = True
-            graph = m.cached_logits(x, x_cond, y_cond, enc, fp16=True, n_prime=7, chunk_size=3)
+            eager = plain_steps.cached_logits(x, x_cond, y_cond, enc, fp16=True, n_prime=7, chunk_size=3)
+            graph = graph_steps.cached_logits(x, x_cond, y_cond, enc, fp16=True, n_prime=7, chunk_size=3)
         torch.testing.assert_close(graph, eager, atol=5e-3, rtol=0)  # fp16 rounding, other sum order
         torch.testing.assert_close(eager, full, atol=2e-2, rtol=0)
 
@@ -184,10 +188,9 @@ def test_seeded_sampling_is_the_same_on_both_paths():
     x_cond, y_cond, enc = (torch.randn(N, N_CTX, W, generator=g), torch.randn(N, 1, W, generator=g),
                            torch.randn(N, ENC, W, generator=g))
     tokens = []
-    for fast in (True, False):
-        m.transformer.fast_step = fast
+    for plain_step in (False, True):
         torch.manual_seed(0)
-        tokens.append(m.sample(N, x_cond, y_cond, enc, sample_tokens=40))
+        tokens.append(TokenSampler(m, plain_step=plain_step).sample(N, x_cond, y_cond, enc, sample_tokens=40))
     assert torch.equal(tokens[0], tokens[1])
 
 
@@ -202,13 +205,9 @@ def test_fp16_weights_use_packed_gemm_and_match():
         ref = _stepped(half, x, enc, n_prime=1, fast=False)
         got = _stepped(half, x, enc, n_prime=1, fast=True)
         exact = _stepped(model, x, enc, n_prime=1, fast=True)
-        model(x[:, :1], enc, sample=True)
-        assert model.step_plan(x[:, 1:2]).layers[0].c_attn.packed is None  # float32 stays exact by default
-        model.del_cache()
-        model.cpu_fp16_weights = True
-        rounded = _stepped(model, x, enc, n_prime=1, fast=True)
-        model(x[:, :1], enc, sample=True)
-        linear = model.step_plan(x[:, 1:2]).layers[0].c_fc
+        assert _plan(model, x, enc).layers[0].c_attn.packed is None  # float32 stays exact by default
+        rounded = _stepped(model, x, enc, n_prime=1, fast=True, cpu_fp16_weights=True)
+        linear = _plan(model, x, enc, cpu_fp16_weights=True).layers[0].c_fc
         y = torch.randn(3, W)
         conv = model._attn_mods[0].mlp.c_fc
         expected = torch.addmm(conv.b, y, conv.w.half().float())
@@ -234,17 +233,18 @@ def test_bench_helpers_count_weights_and_steps():
              torch.randn(1, ENC, W, generator=g))
     prefix = torch.randint(40, (1, 9), generator=g)
     for graph in (False, True):
-        m.cuda_graph = graph
-        timer, total = _timed(m, torch.device("cpu"), lambda: m.primed_sample(1, prefix, *conds, chunk_size=4,
-                                                                              sample_tokens=20))
-        # Priming chunks, then one-position calls on the plain path only (a static step calls no module).
-        assert [n for _, n in timer.calls] == [4, 4, 1] + ([] if graph else [1] * 11)
+        timer, total = _timed(m, torch.device("cpu"), lambda sampler: sampler.primed_sample(
+            1, prefix, *conds, chunk_size=4, sample_tokens=20), cuda_graph=graph)
+        # Priming chunks call the transformer; the steps after them call no module (step plan or static step).
+        assert [n for _, n in timer.calls] == [4, 4, 1]
         assert len(timer.draws) == 11 and len(timer.step_times()) == 9
         assert timer.calls[0][0] <= timer.primed <= timer.draws[0] and 0 <= timer.prime_time() <= total
         # attn_order 6 over 4 layers: block, column, previous block, lyrics; keys + values of n_state W // 4 floats.
         bc = N_CTX // BLOCKS
         assert timer.cache_bytes == 2 * (bc + N_CTX + 2 * bc + ENC) * (W // 4) * 4
-    assert "_draw" not in vars(m) and "check_cache" not in vars(m.transformer)  # the methods are back
+    plain, _ = _timed(m, torch.device("cpu"), lambda sampler: sampler.primed_sample(
+        1, prefix, *conds, chunk_size=4, sample_tokens=20), plain_step=True)
+    assert [n for _, n in plain.calls] == [4, 4, 1] + [1] * 11  # with plain_step every step calls the transformer
 
 
 @pytest.mark.parametrize("heads,with_idx", [(1, False), (2, True), (4, False)])
@@ -252,7 +252,7 @@ def test_written_out_attention_matches_sdpa(heads, with_idx):
     """The one-query attention the CUDA step compiles (fast_step._attention) equals
     scaled_dot_product_attention on the same cache rows and additive mask, including a mask that
     hides keys and a gather of strided rows (column attention)."""
-    from jukebox.transformer.fast_step import _attention
+    from jukebox.inference.step_plan import _attention
 
     g = torch.Generator().manual_seed(heads)
     n, keys, state = 3, 24, 16
@@ -277,7 +277,7 @@ def test_written_out_attention_matches_sdpa(heads, with_idx):
 def cpu_kernels_mode(request, monkeypatch):
     """Float32 CPU steps with the numba kernels (where numba has a parallel threading layer) and
     without them (torch over the same tiles), as on a machine without OpenMP for numba."""
-    from jukebox.transformer import cpu_kernels
+    from jukebox.inference import cpu_kernels
 
     if request.param == "numba" and not cpu_kernels.available():
         pytest.skip("numba has no OpenMP/TBB threading layer here")
@@ -292,7 +292,7 @@ def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
     """Float32 CPU steps multiply weights as zero-padded column tiles (cpu_kernels.TiledLinear):
     addmm's numbers to float32 rounding for any batch and width, with the layer norm before and
     quick_gelu and the residual after the product when asked."""
-    from jukebox.transformer.cpu_kernels import TILE, TiledLinear
+    from jukebox.inference.cpu_kernels import TILE, TiledLinear
     from jukebox.transformer.ops import Conv1D
 
     conv = Conv1D(24, n_out)
@@ -315,7 +315,7 @@ def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
 def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     """Without numba (or a parallel threading layer for it) the kernels report unavailable with a
     warning that says so, and float32 CPU steps still match the plain path through torch."""
-    from jukebox.transformer import cpu_kernels
+    from jukebox.inference import cpu_kernels
 
     def no_numba(cache):
         raise ImportError("No module named 'numba'")
@@ -331,9 +331,7 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
         with torch.no_grad():
             plain = _stepped(model, x, enc, n_prime=1, fast=False)
             fast = _stepped(model, x, enc, n_prime=1, fast=True)
-            model(x[:, :1], enc, sample=True)
-            layer = model.step_plan(x[:, 1:2]).layers[0]
-            model.del_cache()
+            layer = _plan(model, x, enc).layers[0]
         assert not layer.cpu_attention and not layer.cpu_fused and layer.c_attn.tiles is not None
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     finally:
@@ -344,7 +342,7 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
 def test_kernel_attention_writes_cache_and_matches_sdpa(heads, step):
     """The CPU one-query attention kernel stores the new key and value at its slot, then equals
     scaled_dot_product_attention over the cache rows start:stop:step (strided for column attention)."""
-    from jukebox.transformer import cpu_kernels
+    from jukebox.inference import cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip("numba has no OpenMP/TBB threading layer here")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from conftest import MANIFESTS, load_fixture, randomize_weights
 from jukebox.transformer.factored_attention import FactoredAttention
+from jukebox.transformer.kv_cache import LayerCache
 from jukebox.transformer.ops import ACT_FNS, Conv1D, LayerNorm, convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer, layer_attn_func
 
@@ -62,13 +63,21 @@ def _inputs(dtype=torch.float32, seed=0):
 
 
 def _sample_in_chunks(model, x, enc, chunks, check=None):
-    model.del_cache()
+    """Feed x to a Transformer (or one FactoredAttention) in chunks through a fresh cache; ``check(cache, t)``
+    after every chunk."""
+    if isinstance(model, FactoredAttention):
+        cache = LayerCache(model.layout, x.shape[0], model.n_state, x.dtype, x.device)
+    else:
+        cache = model.new_cache(x.shape[0], x.dtype)
     outs, t = [], 0
     for c in chunks:
-        outs.append(model(x[:, t:t + c], enc, sample=True))
+        if isinstance(model, FactoredAttention):
+            outs.append(model(x[:, t:t + c], enc, cache=cache, t0=t))
+        else:
+            outs.append(model(x[:, t:t + c], enc, cache=cache))
         t += c
         if check is not None:
-            check(t)
+            check(cache, t)
     return torch.cat(outs, dim=1)
 
 
@@ -139,10 +148,13 @@ def test_transformer_sampling_matches_full_forward(attn_order, chunking):
     with torch.no_grad():
         full = model(x, enc)
         got = _sample_in_chunks(model, x, enc, CHUNKINGS[chunking],
-                                check=lambda t: model.check_cache(N, t, fp16=False))
+                                check=lambda cache, t: cache.check(N, torch.float32) or _at(cache, t))
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
-    model.del_cache()
-    model.check_cache(N, 0, fp16=False)
+    assert model.new_cache(N).position == 0
+
+
+def _at(cache, t: int) -> None:
+    assert cache.position == t
 
 
 # --------------------------------------------------------------------------- cache
@@ -151,42 +163,40 @@ def test_cache_is_preallocated_and_freed(attn_func, cache_len):
     attn = _attention(attn_func, dtype=torch.float32)
     x, enc = _inputs()
     enc = enc if attn_func == 6 else None
+    cache = LayerCache(attn.layout, N, attn.n_state, torch.float32, None)
+    key, value = cache.key, cache.value
+    assert key.shape == value.shape == (N, cache_len, W // 2)
+    ptrs = (key.data_ptr(), value.data_ptr())
     with torch.no_grad():
-        attn(x[:, :1], enc, sample=True)
-        key, value = attn.cache["key"], attn.cache["value"]
-        assert key.shape == value.shape == (N, cache_len, W // 2)
-        ptrs = (key.data_ptr(), value.data_ptr())
-        t = 1
-        for c in [1, 1, 5, 1, 13, 1, 20, 1, 1]:
-            attn(x[:, t:t + c], enc, sample=True)
+        t = 0
+        for c in [1, 1, 1, 5, 1, 13, 1, 20, 1, 1]:
+            attn(x[:, t:t + c], enc, cache=cache, t0=t)
             t += c
-            assert (attn.cache["key"].data_ptr(), attn.cache["value"].data_ptr()) == ptrs
-            assert attn.sample_t == t
+            assert (cache.key.data_ptr(), cache.value.data_ptr()) == ptrs
     ref = weakref.ref(key)
-    del key, value
-    attn.del_cache()
+    del key, value, cache
     gc.collect()
-    assert attn.cache == {} and attn.sample_t == 0
-    assert ref() is None, "del_cache must drop the cache tensors"
+    assert ref() is None, "dropping the cache must free its tensors"
 
 
 def test_cache_rejects_bad_use():
-    attn = _attention(1, dtype=torch.float32)
+    model = _transformer(1, depth=2)
     x, _ = _inputs()
     with torch.no_grad():
-        attn(x[:, :3], sample=True)
-        with pytest.raises(RuntimeError, match="del_cache"):
-            attn(x[:1, 3:4], sample=True)  # a different batch mid-run
-        attn(x[:, 3:], sample=True)
+        cache = model.new_cache(N)
+        model(x[:, :3], cache=cache)
+        with pytest.raises(RuntimeError, match="new cache"):
+            model(x[:1, 3:4], cache=cache)  # a different batch mid-run
+        model(x[:, 3:], cache=cache)
         with pytest.raises(ValueError, match="n_ctx"):
-            attn(x[:, :1], sample=True)  # past the context
-        with pytest.raises(RuntimeError, match="position"):
-            attn.check_cache(N, 10, torch.float32)
+            model(x[:, :1], cache=cache)  # past the context
+        assert cache.position == N_CTX
     enc_attn = _attention(6, dtype=torch.float32)
     with pytest.raises(ValueError, match="encoder_kv"):
         enc_attn(x, None)
+    unmasked = _attention(0, dtype=torch.float32, mask=False)
     with pytest.raises(ValueError, match="mask=True"):
-        _attention(0, dtype=torch.float32, mask=False)(x[:, :1], sample=True)
+        unmasked(x[:, :1], cache=LayerCache(unmasked.layout, N, unmasked.n_state, torch.float32, None))
 
 
 # --------------------------------------------------------------------------- attn_order tables
@@ -317,18 +327,18 @@ def test_fixture_step_logits_through_cache(name):
         raw, p0, chunk = run["raw_tokens"], run["first_step_position"], run["spec"].get("chunk_size")
         n = raw.shape[0]
         kv = enc[:n] if enc is not None else None
-        model.del_cache()
+        cache = model.new_cache(n)
         steps = []
         with torch.no_grad():
             t = 0
             while t < p0:  # prime the cache with the known tokens, chunk by chunk
                 c = min(chunk or p0, p0 - t)
-                model(embed(raw[:, t - 1:t + c - 1] if t else raw[:, :c], t, n), kv, sample=True)
+                model(embed(raw[:, t - 1:t + c - 1] if t else raw[:, :c], t, n), kv, cache=cache)
                 t += c
-                model.check_cache(n, t, fp16=False)
+                assert cache.position == t
             for t in range(p0, p0 + run["step_logits"].shape[1]):
                 x = embed(raw[:, t - 1:t] if t else None, t, n)
-                steps.append(logits(model(x, kv, sample=True), t))
+                steps.append(logits(model(x, kv, cache=cache), t))
         torch.testing.assert_close(torch.cat(steps, 1), run["step_logits"], atol=1e-4, rtol=0)
 
 

@@ -2,21 +2,20 @@
 
 Training/scoring runs the whole sequence at once with the start token (or the label embedding
 ``y_cond``) in front. Sampling runs one token per step through the transformer's key/value
-cache; a known prefix is first fed through that cache in chunks.
+cache; a known prefix is first fed through that cache in chunks (``jukebox.inference.sampler``).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jukebox.transformer import cpu_kernels
+from jukebox.inference.sampler import TokenSampler
+from jukebox.transformer.kv_cache import KVCache
 from jukebox.transformer.transformer import Transformer
-from jukebox.utils.sample_utils import filter_logits, get_split_chunks
 
 __all__ = ["PositionEmbedding", "ConditionalAutoregressive2D"]
 
@@ -65,10 +64,6 @@ class ConditionalAutoregressive2D(nn.Module):
     the place of the learned start token. encoder_dims / prime_len: lengths of the lyric
     sequence of encoder-decoder attention (separate encoder) or prime attention (one merged
     sequence). only_encode: return the activations, with no output layer.
-
-    ``cuda_graph``: run the one-token sampling steps with fixed shapes and, on CUDA, replay each
-    as one captured CUDA graph (results equal the plain path's to float rounding). None, the
-    default, means on CUDA only; True also runs the fixed-shape step (eagerly) elsewhere.
     """
 
     def __init__(self, input_shape: tuple[int, ...], bins: int, width: int = 128, depth: int = 2, heads: int = 1,
@@ -105,8 +100,6 @@ class ConditionalAutoregressive2D(nn.Module):
             attn_order=attn_order, blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len)
 
         self.only_encode = only_encode
-        # One-token steps with fixed shapes, replayed as a CUDA graph on CUDA (eager elsewhere); see _StaticStep.
-        self.cuda_graph: bool | None = None
         self.prime_len = prime_len
         # The merged (untied) decoder of the 5b models does not add x_cond after the transformer.
         self.add_cond_after_transformer = not merged_decoder
@@ -117,14 +110,16 @@ class ConditionalAutoregressive2D(nn.Module):
                 self.x_out.weight = self.x_emb.weight
 
     # ----------------------------------------------------------------------------------------- checks
-    def _check_tokens(self, x: torch.Tensor, what: str) -> None:
+    def check_tokens(self, x: torch.Tensor, what: str) -> None:
+        """Raise unless ``x`` holds int64 token ids in ``[0, bins)``."""
         if x.dtype != torch.long:
             raise TypeError(f"{what} must be int64 (long) token ids, got {x.dtype}")
         if x.numel() and not ((0 <= x).all() and (x < self.bins).all()):
             raise ValueError(f"{what} must lie in [0, {self.bins}), got values in "
                              f"[{int(x.min())}, {int(x.max())}]")
 
-    def _check_conds(self, N: int, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None) -> torch.Tensor | None:
+    def check_conds(self, N: int, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None) -> torch.Tensor | None:
+        """Raise unless the conditioning fits this model for a batch of N; returns x_cond."""
         if self.y_cond:
             if y_cond is None or tuple(y_cond.shape) != (N, 1, self.width):
                 got = None if y_cond is None else tuple(y_cond.shape)
@@ -141,7 +136,7 @@ class ConditionalAutoregressive2D(nn.Module):
             raise ValueError("this model takes no x_cond")
         return x_cond
 
-    def _start(self, N: int, y_cond: torch.Tensor | None) -> torch.Tensor:
+    def start_input(self, N: int, y_cond: torch.Tensor | None) -> torch.Tensor:
         """The input at position 0: ``(N, 1, width)``."""
         if self.y_cond:
             return y_cond.view(N, 1, self.width)
@@ -161,12 +156,12 @@ class ConditionalAutoregressive2D(nn.Module):
         """
         N = x.shape[0]
         x = x.reshape(N, -1).long()
-        self._check_tokens(x, "x")
-        x_cond = self._check_conds(N, x_cond, y_cond)
+        self.check_tokens(x, "x")
+        x_cond = self.check_conds(N, x_cond, y_cond)
 
         x_t = x
         h = self.x_emb(x)
-        h = torch.cat([self._start(N, y_cond).to(h.dtype), h[:, :-1]], dim=1)
+        h = torch.cat([self.start_input(N, y_cond).to(h.dtype), h[:, :-1]], dim=1)
         h = self.x_emb_dropout(h) + self.pos_emb_dropout(self.pos_emb())
         if x_cond is not None:
             h = h + x_cond
@@ -195,8 +190,8 @@ class ConditionalAutoregressive2D(nn.Module):
         return loss, None
 
     # --------------------------------------------------------------------------------------- sampling
-    def _inputs(self, x: torch.Tensor, t0: int, t1: int, start: torch.Tensor, pos_emb: torch.Tensor,
-                x_cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sampling_inputs(self, x: torch.Tensor, t0: int, t1: int, start: torch.Tensor, pos_emb: torch.Tensor,
+                        x_cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transformer inputs of positions [t0, t1) ``(N, t1 - t0, width)`` and their conditioning.
 
         Position t sees the token at t - 1 (the start token at 0), plus its position embedding and x_cond.
@@ -210,91 +205,13 @@ class ConditionalAutoregressive2D(nn.Module):
         cond = x_cond if x_cond.shape[1] == 1 else x_cond[:, t0:t1]
         return h + cond, cond
 
-    def _cached_forward(self, h: torch.Tensor, cond: torch.Tensor | None, encoder_kv: torch.Tensor | None,
-                        fp16: bool) -> torch.Tensor:
-        """Run inputs ``(N, L, width)`` at the next L cache positions; -> output activations ``(N, L, width)``."""
-        h = self.transformer(h, encoder_kv=encoder_kv, sample=True, fp16=fp16)
+    def cached_forward(self, h: torch.Tensor, cond: torch.Tensor | None, encoder_kv: torch.Tensor | None,
+                       fp16: bool, cache: KVCache) -> torch.Tensor:
+        """Inputs ``(N, L, width)`` at the next L positions of ``cache`` -> output activations ``(N, L, width)``."""
+        h = self.transformer(h, encoder_kv=encoder_kv, fp16=fp16, cache=cache)
         if self.add_cond_after_transformer and cond is not None:
             h = h + cond
         return h
-
-    def _draw(self, logits: torch.Tensor, temp: float, top_k: int, top_p: float) -> torch.Tensor:
-        """One categorical draw per item from ``softmax(filter(logits / temp))``: ``(N, 1, bins) -> (N, 1)``."""
-        logits = filter_logits(logits / temp, top_k=top_k, top_p=top_p)
-        return torch.distributions.Categorical(logits=logits, validate_args=False).sample()
-
-    def _run(self, x: torch.Tensor, n_prime: int, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None,
-             encoder_kv: torch.Tensor | None, fp16: bool, chunk_size: int | None, get_preds: bool,
-             draw: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The cached sampling loop over x ``(N, L)``, whose first n_prime tokens are known.
-
-        Those fill the cache in chunks; then each step takes one token: ``draw(logits)`` when draw is
-        given (and writes it into x), else the token already in x. Returns (x, logits ``(N, L, bins)`` or None).
-        """
-        if self.training:
-            raise RuntimeError("sampling needs the model in eval mode: call .eval() first")
-        if self.only_encode:
-            raise RuntimeError("an encoder-only model (only_encode=True) cannot sample")
-        N, L = x.shape
-        x_cond = self._check_conds(N, x_cond, y_cond)
-        preds = self.x_emb.weight.new_empty(N, L, self.bins) if get_preds else None
-        start = self._start(N, y_cond).to(self.x_emb.weight.dtype)
-        pos_emb = self.pos_emb()
-        self.transformer.del_cache()
-        try:
-            t = 0
-            for size in get_split_chunks(n_prime, chunk_size):
-                h = self._cached_forward(*self._inputs(x, t, t + size, start, pos_emb, x_cond), encoder_kv, fp16)
-                if get_preds:
-                    preds[:, t:t + size] = self.x_out(h)
-                t += size
-            self.transformer.check_cache(N, n_prime, fp16)
-            static = None
-            use_graph = self.cuda_graph if self.cuda_graph is not None else x.device.type == "cuda"
-            project = self._step_output(N)
-            for t in range(n_prime, L):
-                if static is None and use_graph and t > 0:
-                    static = _StaticStep.build(self, N, pos_emb, x_cond, fp16)
-                if static is not None:
-                    logits = static(x[:, t - 1], t).unsqueeze(1)
-                else:
-                    h = self._cached_forward(*self._inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16)
-                    logits = project(h)
-                if get_preds:
-                    preds[:, t:t + 1] = logits
-                if draw is not None:
-                    x[:, t:t + 1] = draw(logits)
-        finally:
-            self.transformer.del_cache()
-        return x, preds
-
-    def _step_output(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``x_out`` for one-position steps ``(n, 1, width) -> (n, 1, bins)``: with float32 weights on
-        CPU through the tiled kernel, which reads the weight at memory bandwidth (as the layers' products)."""
-        w = self.x_out.weight
-        if w.device.type != "cpu" or w.dtype != torch.float32 or not self.transformer.fast_step \
-                or not cpu_kernels.available():
-            return self.x_out
-        tiled = cpu_kernels.TiledLinear(w.t(), torch.zeros(w.shape[0]))
-        return lambda h: tiled(h.reshape(n, -1)).view(n, 1, -1)
-
-    def _sample(self, n_samples: int, prime: torch.Tensor, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None,
-                encoder_kv: torch.Tensor | None, fp16: bool, temp: float, top_k: int, top_p: float, get_preds: bool,
-                chunk_size: int | None, sample_tokens: int | None):
-        N, D = n_samples, self.input_dims
-        sample_tokens = D if sample_tokens is None else int(sample_tokens)
-        if not 0 < sample_tokens <= D:
-            raise ValueError(f"sample_tokens must be in [1, {D}] (the context of this model), got {sample_tokens}")
-        n_prime = prime.shape[1]
-        if n_prime >= sample_tokens:
-            raise ValueError(f"the prefix has {n_prime} tokens, so sample_tokens must exceed it, got {sample_tokens}")
-        with torch.no_grad():
-            x = torch.zeros(N, sample_tokens, dtype=torch.long, device=prime.device)
-            x[:, :n_prime] = prime
-            x, preds = self._run(x, n_prime, x_cond, y_cond, encoder_kv, fp16, chunk_size, get_preds,
-                                 draw=lambda logits: self._draw(logits, temp, top_k, top_p))
-        x = x.view(N, *self.input_shape) if sample_tokens == D else x
-        return (x, preds) if get_preds else x
 
     def cached_logits(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
                       encoder_kv: torch.Tensor | None = None, fp16: bool = False, n_prime: int = 0,
@@ -305,12 +222,7 @@ class ConditionalAutoregressive2D(nn.Module):
         exactly as :meth:`primed_sample` does with drawn tokens; so this checks the key/value cache
         against :meth:`forward` without random draws.
         """
-        x = x.reshape(x.shape[0], -1).long()
-        self._check_tokens(x, "x")
-        if not 0 <= n_prime < x.shape[1] <= self.input_dims:
-            raise ValueError(f"need 0 <= n_prime ({n_prime}) < L ({x.shape[1]}) <= {self.input_dims}")
-        with torch.no_grad():
-            return self._run(x.clone(), n_prime, x_cond, y_cond, encoder_kv, fp16, chunk_size, True, draw=None)[1]
+        return TokenSampler(self).cached_logits(x, x_cond, y_cond, encoder_kv, fp16, n_prime, chunk_size)
 
     def sample(self, n_samples: int, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
                encoder_kv: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
@@ -320,10 +232,8 @@ class ConditionalAutoregressive2D(nn.Module):
         Returns tokens ``(N, *input_shape)`` (``(N, sample_tokens)`` when fewer), and with get_preds
         also the logits before temperature/filtering at every step ``(N, sample_tokens, bins)``.
         """
-        device = self.x_emb.weight.device
-        prime = torch.empty(n_samples, 0, dtype=torch.long, device=device)
-        return self._sample(n_samples, prime, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
-                            None, sample_tokens)
+        return TokenSampler(self).sample(n_samples, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p,
+                                         get_preds, sample_tokens)
 
     def primed_sample(self, n_samples: int, x: torch.Tensor, x_cond: torch.Tensor | None = None,
                       y_cond: torch.Tensor | None = None, encoder_kv: torch.Tensor | None = None, fp16: bool = False,
@@ -335,79 +245,5 @@ class ConditionalAutoregressive2D(nn.Module):
         Returns the tokens including the prefix, and with get_preds the logits of every position
         ``(N, sample_tokens, bins)`` (those of the prefix positions come from the priming passes).
         """
-        if x.shape[0] != n_samples:
-            raise ValueError(f"the prefix has {x.shape[0]} items but n_samples is {n_samples}")
-        x = x.reshape(n_samples, -1)
-        self._check_tokens(x, "prefix")
-        return self._sample(n_samples, x, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
-                            chunk_size, sample_tokens)
-
-
-class _StaticStep:
-    """The whole one-token step (embeddings, transformer, output layer) of a model whose caches hold
-    positions ``[0, t)``, with every shape fixed: inputs go into static buffers and the transformer
-    runs ``StepPlan.static_step``. On CUDA it is captured once as a CUDA graph and replayed for every
-    token, which removes the launch cost of its ~1000 small kernels; elsewhere it runs eagerly (the
-    same logic, which is how the tests check it). Returns logits ``(N, bins)`` in a buffer that the
-    next call overwrites. The position lives in ``pos`` only: the layers' ``sample_t`` stays where
-    priming left it until the run ends with ``del_cache``.
-    """
-
-    def __init__(self, model: ConditionalAutoregressive2D, plan, pos_emb: torch.Tensor,
-                 x_cond: torch.Tensor | None, token: torch.Tensor):
-        self.model, self.plan, self.pos_emb, self.x_cond = model, plan, pos_emb, x_cond
-        self.token = token.clone()
-        self.pos = torch.zeros((), dtype=torch.long, device=token.device)
-        self.logits: torch.Tensor | None = None
-        self.graph = None
-
-    @classmethod
-    def build(cls, model: ConditionalAutoregressive2D, n: int, pos_emb: torch.Tensor, x_cond: torch.Tensor | None,
-              fp16: bool) -> _StaticStep | None:
-        """A static step for n samples, or None where the transformer has no step plan (plain path)."""
-        tr = model.transformer
-        device = pos_emb.device
-        dtype = tr._compute_dtype(fp16, device) if fp16 else torch.float32
-        plan = tr.step_plan(torch.empty(n, 1, model.width, dtype=dtype, device=device))
-        if plan is None:
-            return None
-        return cls(model, plan, pos_emb, x_cond, torch.zeros(n, dtype=torch.long, device=device))
-
-    def _compute(self) -> None:
-        m, pos = self.model, self.pos.view(1)
-        h = m.x_emb(self.token) + self.pos_emb.index_select(0, pos)
-        cond = None
-        if self.x_cond is not None:
-            cond = self.x_cond[:, 0] if self.x_cond.shape[1] == 1 else self.x_cond.index_select(1, pos)[:, 0]
-            h = h + cond
-        h = self.plan.static_step(h.to(self.plan.dtype), self.pos)
-        if h.dtype == torch.float16:
-            h = h.float()
-        if m.add_cond_after_transformer and cond is not None:
-            h = h + cond
-        self.logits = m.x_out(h)
-
-    def _capture(self) -> None:
-        device = self.token.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        # Warm-up runs rewrite the current position's cache slots with the same values, so they are harmless.
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._compute()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._compute()
-
-    def __call__(self, token: torch.Tensor, t: int) -> torch.Tensor:
-        """Logits ``(N, bins)`` at position t, where token ``(N,)`` is the token at t - 1."""
-        self.token.copy_(token)
-        self.pos.fill_(t)
-        if self.token.device.type == "cuda":
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-        else:
-            self._compute()
-        return self.logits
+        return TokenSampler(self).primed_sample(n_samples, x, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p,
+                                                get_preds, chunk_size, sample_tokens)

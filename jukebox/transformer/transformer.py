@@ -10,8 +10,9 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from jukebox.transformer.factored_attention import FactoredAttention
-from jukebox.transformer.fast_step import StepPlan
+from jukebox.transformer.kv_cache import KVCache, LayerCache
 from jukebox.transformer.ops import ACT_FNS, Conv1D, LayerNorm
+from jukebox.transformer.patterns import AttentionPattern
 
 __all__ = ["MLP", "ResAttnBlock", "Transformer", "layer_attn_func"]
 
@@ -31,23 +32,23 @@ _ATTN_CYCLES: dict[int, tuple[int, ...]] = {
 }
 
 
-def layer_attn_func(attn_order: int, depth: int) -> int:
-    """The attention function of layer ``depth`` under ``attn_order`` (0..12)."""
+def layer_attn_func(attn_order: int, depth: int) -> AttentionPattern:
+    """The attention pattern of layer ``depth`` under ``attn_order`` (0..12)."""
     if attn_order in (11, 12):
         # Rows/columns/previous rows by depth % 3; layers with depth % 16 == 15 attend to the
         # lyrics (6: encoder-decoder, 7: prime attention) except those with depth % 3 == 2 (dense).
         if depth % 16 != 15:
-            return (1, 2, 3)[depth % 3]
+            return AttentionPattern((1, 2, 3)[depth % 3])
         lyrics_func = 6 if attn_order == 11 else 7
-        return (lyrics_func, lyrics_func, 0)[depth % 3]
+        return AttentionPattern((lyrics_func, lyrics_func, 0)[depth % 3])
     if attn_order not in _ATTN_CYCLES:
         raise ValueError(f"attn_order must be 0..12, got {attn_order}")
     cycle = _ATTN_CYCLES[attn_order]
-    return cycle[depth % len(cycle)]
+    return AttentionPattern(cycle[depth % len(cycle)])
 
 
-def _use_checkpoint(module: nn.Module, sample: bool) -> bool:
-    return not sample and module.training and torch.is_grad_enabled()
+def _use_checkpoint(module: nn.Module, cached: bool) -> bool:
+    return not cached and module.training and torch.is_grad_enabled()
 
 
 class MLP(nn.Module):
@@ -98,12 +99,12 @@ class ResAttnBlock(nn.Module):
         self.attn_func = attn_func
 
     def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None,
-                sample: bool = False) -> torch.Tensor:
-        ckpt = _use_checkpoint(self, sample)
+                cache: LayerCache | None = None, t0: int = 0) -> torch.Tensor:
+        ckpt = _use_checkpoint(self, cache is not None)
         if ckpt and self.checkpoint_attn == 3:
             a = checkpoint(self._attn_branch, x, encoder_kv, use_reentrant=False)
         else:
-            a = self._attn_branch(x, encoder_kv, sample)
+            a = self._attn_branch(x, encoder_kv, cache, t0)
         h = x + a
         m = checkpoint(self._mlp_branch, h, use_reentrant=False) if ckpt and self.checkpoint_mlp == 1 \
             else self._mlp_branch(h)
@@ -111,8 +112,8 @@ class ResAttnBlock(nn.Module):
             return h + m
         return x + self.res_scale * (a + m)
 
-    def _attn_branch(self, x, encoder_kv, sample=False):
-        return self.attn(self.ln_0(x), encoder_kv, sample)
+    def _attn_branch(self, x, encoder_kv, cache=None, t0=0):
+        return self.attn(self.ln_0(x), encoder_kv, cache, t0)
 
     def _mlp_branch(self, h):
         return self.mlp(self.ln_1(h))
@@ -121,14 +122,9 @@ class ResAttnBlock(nn.Module):
 class Transformer(nn.Module):
     """Stack of ``n_depth`` ``ResAttnBlock`` s: ``(N, L, n_in) -> (N, L, n_in)``.
 
-    Layer d uses attention function ``layer_attn_func(attn_order, d)``; only layers with function
-    6 receive ``encoder_kv`` ``(N, encoder_dims, n_in)``. ``sample=True`` feeds the next positions
-    through the per-layer key/value caches (see ``FactoredAttention``); ``del_cache()`` resets them.
-
-    One-position sampling steps after the first run through a ``StepPlan`` (``fast_step.py``),
-    which gives the plain path's results with far less per-step overhead. ``fast_step = False``
-    turns it off; ``cpu_fp16_weights = True`` (off by default, inexact) lets it read float32
-    weights as float16 on CPU, about twice as fast.
+    Layer d uses attention pattern ``layer_attn_func(attn_order, d)``; only encoder-decoder layers
+    receive ``encoder_kv`` ``(N, encoder_dims, n_in)``. For sampling, ``new_cache`` allocates the
+    key/value cache of a run and ``forward(x, cache=cache)`` feeds it the next positions.
     """
 
     def __init__(self, n_in: int, n_ctx: int, n_head: int, n_depth: int,
@@ -156,64 +152,55 @@ class Transformer(nn.Module):
         self._attn_mods = nn.ModuleList()
         for d in range(n_depth):
             func = layer_attn_func(attn_order, d)
+            lyrics = func == AttentionPattern.ENCODER_DECODER  # lyrics layers start as identity
             self._attn_mods.append(ResAttnBlock(
                 n_in=n_in, n_ctx=n_ctx, n_head=n_head, attn_dropout=attn_dropout, resid_dropout=resid_dropout,
-                afn=afn, scale=scale, mask=mask,
-                zero_out=True if func == 6 else zero_out,  # lyrics layers start as identity
+                afn=afn, scale=scale, mask=mask, zero_out=True if lyrics else zero_out,
                 init_scale=init_scale, res_scale=block_res_scale, m_attn=m_attn, m_mlp=m_mlp,
                 checkpoint_attn=checkpoint_attn, checkpoint_mlp=checkpoint_mlp, attn_func=func,
                 blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len))
         self.ws: list[torch.Tensor] = []
-        self.fast_step = True
-        self.cpu_fp16_weights = False
-        self._plan: StepPlan | None = None
 
-    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None, sample: bool = False,
-                fp16: bool = False, fp16_out: bool = False) -> torch.Tensor:
-        """x ``(N, L, n_in)`` -> ``(N, L, n_in)``; float32 out unless ``fp16_out``."""
+    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None, fp16: bool = False,
+                fp16_out: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+        """x ``(N, L, n_in)`` -> ``(N, L, n_in)``; float32 out unless ``fp16_out``.
+
+        With a ``cache`` (from ``new_cache``), x holds the next L positions of a sampling run.
+        """
         if fp16:
-            x = x.to(self._compute_dtype(fp16, x.device))
-        plan = self.step_plan(x) if sample and x.shape[1] == 1 else None
-        if plan is not None:
-            t = self._attn_mods[0].attn.sample_t
-            x = plan.step(x.view(x.shape[0], self.n_in), t).view(x.shape)
-            if not fp16_out and x.dtype == torch.float16:
-                x = x.float()
-            return x
-        for block in self._attn_mods:
-            kv = encoder_kv if block.attn_func == 6 else None
-            if self.checkpoint_res == 1 and _use_checkpoint(self, sample):
+            x = x.to(self.compute_dtype(fp16, x.device))
+        t0 = 0
+        if cache is not None:
+            t0 = cache.position
+            if t0 + x.shape[1] > self.n_ctx:
+                raise ValueError(f"sampling position {t0 + x.shape[1]} is past n_ctx={self.n_ctx}; start a new cache")
+            cache.check(x.shape[0], x.dtype)
+        for i, block in enumerate(self._attn_mods):
+            kv = encoder_kv if block.attn_func == AttentionPattern.ENCODER_DECODER else None
+            if cache is not None:
+                x = block(x, kv, cache.layers[i], t0)
+            elif self.checkpoint_res == 1 and _use_checkpoint(self, False):
                 x = checkpoint(block, x, kv, use_reentrant=False)
             else:
-                x = block(x, kv, sample=sample)
+                x = block(x, kv)
             if block.attn.record_attn:
                 self.ws.append(block.attn.w)
+        if cache is not None:
+            cache.advance(x.shape[1])
         if not fp16_out and x.dtype == torch.float16:
             x = x.float()
         return x
 
-    def step_plan(self, x: torch.Tensor) -> StepPlan | None:
-        """The ``StepPlan`` for a one-position step with input x ``(N, 1, n_in)`` (built on first
-        use, dropped by ``del_cache``), or None where the plain path must run: the first position
-        (it allocates the caches), the end of the context, training, attention recording, or a
-        cache of another batch or dtype (the plain path raises the error)."""
-        if not self.fast_step or self.training:
-            return None
-        attn = self._attn_mods[0].attn
-        key = attn.cache.get("key")
-        if attn.sample_t == 0 or attn.sample_t >= self.n_ctx or key is None:
-            return None
-        if key.shape[0] != x.shape[0] or key.dtype != x.dtype:
-            return None
-        plan = self._plan
-        if plan is None or plan.layers[0].key is not key:
-            if any(block.attn.record_attn for block in self._attn_mods):
-                return None
-            plan = self._plan = StepPlan(list(self._attn_mods), x.dtype, self.cpu_fp16_weights)
-        return plan
+    def new_cache(self, n_samples: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> KVCache:
+        """An empty key/value cache for sampling ``n_samples`` sequences computed in ``dtype``."""
+        device = device if device is not None else self._attn_mods[0].attn.c_attn.w.device
+        return KVCache([LayerCache(block.attn.layout, n_samples, block.attn.n_state, dtype, device)
+                        for block in self._attn_mods])
 
     @staticmethod
-    def _compute_dtype(fp16: bool, device: torch.device) -> torch.dtype:
+    def compute_dtype(fp16: bool, device: torch.device) -> torch.dtype:
+        """float16 when ``fp16`` is asked for off the CPU, else float32 (with a warning on CPU)."""
         if not fp16:
             return torch.float32
         if device.type == "cpu":
@@ -234,17 +221,3 @@ class Transformer(nn.Module):
             block.attn.record_attn = i in layers
             block.attn.w = None
         self.ws = []
-        self._plan = None
-
-    def check_cache(self, n_samples: int, sample_t: int, fp16: bool) -> None:
-        """Raise RuntimeError unless every layer has cached ``sample_t`` positions of ``n_samples``."""
-        device = next(self.parameters()).device
-        dtype = torch.float16 if fp16 and device.type != "cpu" else torch.float32
-        for block in self._attn_mods:
-            block.attn.check_cache(n_samples, sample_t, dtype)
-
-    def del_cache(self) -> None:
-        """Free every layer's key/value cache and restart sampling at position 0."""
-        self._plan = None
-        for block in self._attn_mods:
-            block.attn.del_cache()

@@ -11,12 +11,15 @@ match it to float rounding. Work per step is independent of the position.
 
 Two step kinds share the layer arithmetic:
 
-* ``step(x, t)``: positions are Python ints; keys are sliced to what the pattern sees (CPU default).
+* ``step(x)``: the position is the cache's, a Python int; keys are sliced to what the pattern sees
+  (CPU default).
 * ``static_step(x, pos)``: the position is a 0-d int64 tensor and every shape is fixed: cache
-  writes are ``index_copy_`` at computed slots and each attention function sees a fixed window
-  with a mask. Nothing in it depends on Python values of the position, so it can be captured
-  once as a CUDA graph (see ``jukebox.prior.autoregressive``) and replayed for every token. On
-  CUDA its arithmetic between the matrix products runs as ``torch.compile`` d fused kernels.
+  writes are ``index_copy_`` at computed slots and each pattern sees a fixed window with a mask.
+  Nothing in it depends on Python values of the position, so it can be captured once as a CUDA
+  graph (see ``jukebox.inference.static_step``) and replayed for every token. On CUDA its
+  arithmetic between the matrix products runs as ``torch.compile`` d fused kernels.
+
+Both take slots and windows from the layers' ``CacheLayout`` s, as the plain path does.
 
 On CPU in float32, the numba kernels of ``cpu_kernels`` (where numba has a parallel threading
 layer) do the attention of the new position in ``step``, with its cache write, and for float32
@@ -37,8 +40,10 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from jukebox.transformer import cpu_kernels
+from jukebox.inference import cpu_kernels
+from jukebox.transformer.kv_cache import KVCache, LayerCache
 from jukebox.transformer.ops import Conv1D, quick_gelu
+from jukebox.transformer.patterns import AttentionPattern
 
 __all__ = ["StepPlan", "fp16_gemm_available"]
 
@@ -195,10 +200,10 @@ def _norm_args(ln: torch.nn.LayerNorm) -> tuple:
 class _Layer:
     """Everything one ``ResAttnBlock`` needs for a step, as plain attributes."""
 
-    def __init__(self, block, dtype: torch.dtype, pack_fp16: bool):
+    def __init__(self, block, cache: LayerCache, dtype: torch.dtype, pack_fp16: bool):
         attn = block.attn
-        self.attn = attn
         self.func = attn.attn_func
+        self.layout = cache.layout
         self.ln_0 = _norm_args(block.ln_0)
         self.ln_1 = _norm_args(block.ln_1)
         self.act = None if block.mlp.act is quick_gelu else block.mlp.act
@@ -221,40 +226,36 @@ class _Layer:
         self.fusable = self.act is None and all(lin.packed is None and not lin.cast for lin in linears)
         self.n_state, self.n_head = attn.n_state, attn.n_head
         self.d_head = attn.n_state // attn.n_head
-        self.scale = attn._score_scale
-        self.bc = attn.block_ctx
-        self.key, self.value = attn.cache["key"], attn.cache["value"]
-        self.n_keys = self.key.shape[1]
+        self.scale = attn.score_scale
+        self.key, self.value = cache.key, cache.value
         self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
             if kernels else None
-        if self.func in (4, 5):
-            s = attn._spread
-            slot = torch.arange(self.n_keys, device=self.key.device)
-            self.key_pos = (slot // s) * self.bc - s + slot % s
-            self.spread = s
 
 
 class StepPlan:
-    """One-token steps through ``layers`` (the ``ResAttnBlock`` s of a Transformer) whose caches
-    were allocated by a first (plain) sampling pass. ``dtype``: the compute dtype. ``fuse``: run
+    """One-token steps through ``layers`` (the ``ResAttnBlock`` s of a Transformer) and their ``cache``,
+    which holds at least one position (the first, with the encoder states, runs on the plain path).
+    ``dtype``: the compute dtype. ``fuse``: run
     the layer arithmetic through ``torch.compile`` d functions (None: wherever that is possible,
     CUDA with Triton, weights in the compute dtype; ``TORCH_COMPILE_DISABLE=1`` turns it off). The
     fused kernels round intermediate sums once instead of after every op, so half-precision results
     differ from the unfused ones by about that rounding."""
 
-    def __init__(self, layers, dtype: torch.dtype, cpu_fp16_weights: bool = False, fuse: bool | None = None):
+    def __init__(self, layers, cache: KVCache, dtype: torch.dtype, cpu_fp16_weights: bool = False,
+                 fuse: bool | None = None):
         self.dtype = dtype
-        device = layers[0].attn.cache["key"].device
+        self.cache = cache
+        device = cache.layers[0].key.device
         self.on_cpu = device.type == "cpu"
         cpu_float32 = self.on_cpu and dtype == torch.float32
         if cpu_fp16_weights and cpu_float32 and not fp16_gemm_available():
             warnings.warn("cpu_fp16_weights needs PyTorch's FBGEMM (x86 builds); using the float32 weights",
                           stacklevel=3)
         self.layers = []
-        for block in layers:
+        for block, layer_cache in zip(layers, cache.layers):
             stored_fp16 = block.attn.c_attn.w.dtype == torch.float16
             pack = cpu_float32 and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
-            self.layers.append(_Layer(block, dtype, pack))
+            self.layers.append(_Layer(block, layer_cache, dtype, pack))
         self.fuse = _can_compile(device) if fuse is None else fuse and _can_compile(device)
         if self.fuse:  # resolved once: a step calls them for every layer
             self._fused_in, self._fused_out, self._fused_attention = (
@@ -300,64 +301,35 @@ class StepPlan:
         return qkv[:, :s], qkv[:, s:2 * s], qkv[:, 2 * s:]
 
     # ------------------------------------------------------------------ dynamic (Python int) step
-    def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """x ``(N, width)`` at position t -> ``(N, width)``; advances every layer's cache to t + 1."""
-        self._t = t
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``(N, width)`` at the cache's position -> ``(N, width)``; advances the cache by one."""
+        self._t = self.cache.position
         if self.on_cpu:
             cpu_kernels.match_threads()
         for L in self.layers:
             x = self._layer(L, x, self._attend_dynamic)
-            # object.__setattr__ skips nn.Module's attribute bookkeeping (a plain int attribute).
-            object.__setattr__(L.attn, "sample_t", t + 1)
+        self.cache.advance(1)
         return x
 
-    @staticmethod
-    def _window(L: _Layer, t: int) -> tuple[int, int, int, int]:
-        """Where position t's key and value go in the cache (slot, -1 for nowhere) and which cache
-        rows ``start:stop:step`` its query sees, for every function but 4 and 5."""
-        f, bc = L.func, L.bc
-        if f == 6:  # the encoder's keys, written once per window
-            return -1, 0, L.n_keys, 1
-        if f == 1:  # this block up to t
-            return t % bc, 0, t % bc + 1, 1
-        if f == 2:  # this column up to t
-            return t, t % bc, t + 1, bc
-        if f == 3:  # the previous block, one half of a two-block ring
-            b = t // bc
-            prev = (b - 1) % 2 * bc
-            return b % 2 * bc + t % bc, prev, prev + bc, 1
-        # 0 dense and 7 prime attention: positions in order, prime keys only up to the cache's end.
-        return (t if t < L.n_keys else -1), 0, min(t + 1, L.n_keys), 1
-
     def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
-        t, key, value = self._t, L.key, L.value
-        if L.func in (4, 5):  # block summaries, written at the end of each block
-            q, k, v = self._qkv(L, proj)
-            bc, s = L.bc, L.spread
-            b = t // bc
-            lo = b * bc + bc - s
-            if t >= lo and (b + 1) * s < L.n_keys:
-                key[:, (b + 1) * s + t - lo] = k
-                value[:, (b + 1) * s + t - lo] = v
-            return self._attend(L, q, key, value, mask=(L.key_pos <= t)[None])
-        slot, start, stop, step = self._window(L, t)
+        t, layout = self._t, L.layout
+        slot, (start, stop), step = layout.slot(t), layout.window(t), layout.step
         if L.cpu_attention is not None:
             return L.cpu_attention(proj, slot, start, stop, step)
-        if L.func == 6:
-            return self._attend(L, proj, key, value)
+        if L.func == AttentionPattern.ENCODER_DECODER:
+            return self._attend(L, proj, L.key, L.value)
         q, k, v = self._qkv(L, proj)
         if slot >= 0:
-            key[:, slot] = k
-            value[:, slot] = v
-        return self._attend(L, q, key[:, start:stop:step], value[:, start:stop:step])
+            L.key[:, slot] = k
+            L.value[:, slot] = v
+        return self._attend(L, q, L.key[:, start:stop:step], L.value[:, start:stop:step])
 
     # ------------------------------------------------------------------ static (tensor position) step
     def static_step(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """x ``(N, width)`` at position ``pos`` (0-d int64 tensor) -> ``(N, width)``.
 
-        Every shape is fixed, so the step can be captured as a CUDA graph; it does not touch the
-        layers' ``sample_t`` (a run of static steps ends with ``del_cache``). Needs ``pos >= 1`` (the
-        first position allocates the caches on the plain path).
+        Every shape is fixed, so the step can be captured as a CUDA graph. It leaves the cache's
+        position to the caller (a replayed graph runs no Python), who advances it after each step.
         """
         self._pos = pos
         self._shared.clear()
@@ -369,54 +341,35 @@ class StepPlan:
         return x
 
     def _once(self, key: tuple, make):
-        """A tensor of this step that depends only on the position and ``key`` (slots, masks),
-        computed by the first layer that needs it and reused by the others."""
+        """Tensors of this step that depend only on the position and the layout (slots, masks),
+        computed by the first layer that needs them and reused by the others."""
         value = self._shared.get(key)
         if value is None:
             value = self._shared[key] = make()
         return value
 
     @staticmethod
-    def _write(buf: torch.Tensor, slot: torch.Tensor, new: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+    def _write(buf: torch.Tensor, slot: torch.Tensor, new: torch.Tensor, keep: torch.Tensor) -> None:
         """``buf[:, slot] = new`` for a one-element slot tensor; where ``keep`` is True the old row stays."""
-        if keep is not None:
-            new = torch.where(keep, buf.index_select(1, slot)[:, 0], new)
+        new = torch.where(keep, buf.index_select(1, slot)[:, 0], new)
         buf.index_copy_(1, slot, new[:, None])
 
     def _additive(self, visible: torch.Tensor) -> torch.Tensor:
         """A boolean mask ``(1, K)`` as the additive one attention takes without converting it per layer."""
         return torch.zeros(visible.shape, dtype=self.dtype, device=visible.device).masked_fill(~visible, -math.inf)
 
-    def _attend_static(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
-        pos, f, key, value, once = self._pos, L.func, L.key, L.value, self._once
-        if f == 6:
-            return self._attend(L, proj, key, value, fixed_shape=True)
-        q, k, v = self._qkv(L, proj)
-        bc, n, dev = L.bc, L.n_keys, key.device
-        keep = None
-        if f == 1:  # this block's keys up to pos
-            slot = once((1, bc), lambda: (pos % bc).view(1))
-            mask = once((1, bc, "mask"), lambda: self._additive((torch.arange(bc, device=dev) <= slot)[None]))
-        elif f == 2:  # this column's keys up to pos
-            slot = once((2,), lambda: pos.view(1))
-            idx = once((2, bc, n), lambda: pos % bc + bc * torch.arange(n // bc, device=dev))
-            mask = once((2, bc, n, "mask"), lambda: self._additive((idx <= pos)[None]))
-        elif f == 3:  # the previous block, one half of a two-block ring (the other half is masked)
-            slot = once((3, bc), lambda: (pos // bc % 2 * bc + pos % bc).view(1))
-            mask = once((3, bc, "mask"),
-                        lambda: self._additive((torch.arange(2 * bc, device=dev) // bc == (pos // bc - 1) % 2)[None]))
-        elif f in (4, 5):  # block summaries written at the end of each block
-            s = L.spread
+    def _static_window(self, layout) -> tuple:
+        slot = layout.slot(self._pos)
+        idx, visible = layout.rows(self._pos)
+        return slot < 0, slot.clamp(min=0).view(1), idx, self._additive(visible)
 
-            def summary_slot():
-                lo = pos // bc * bc + bc - s
-                raw = (pos // bc + 1) * s + pos - lo
-                return (pos < lo) | (raw >= n), raw.clamp(0, n - 1).view(1)
-            keep, slot = once((f, bc, s, n), summary_slot)
-            mask = once((f, bc, s, n, "mask"), lambda: self._additive((L.key_pos <= pos)[None]))
-        else:  # 0 and 7: every key up to pos, written while inside the cache
-            keep, slot = once((0, n), lambda: (pos >= n, pos.clamp(max=n - 1).view(1)))
-            mask = once((0, n, "mask"), lambda: self._additive((torch.arange(n, device=dev) <= pos)[None]))
-        self._write(key, slot, k, keep)
-        self._write(value, slot, v, keep)
-        return self._attend(L, q, key, value, mask, idx if f == 2 else None, fixed_shape=True)
+    def _attend_static(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
+        if L.func == AttentionPattern.ENCODER_DECODER:
+            return self._attend(L, proj, L.key, L.value, fixed_shape=True)
+        q, k, v = self._qkv(L, proj)
+        layout = L.layout
+        keep, slot, idx, mask = self._once((layout.pattern, layout.length, layout.block_ctx),
+                                           lambda: self._static_window(layout))
+        self._write(L.key, slot, k, keep)
+        self._write(L.value, slot, v, keep)
+        return self._attend(L, q, L.key, L.value, mask, idx, fixed_shape=True)

@@ -1,0 +1,188 @@
+"""Drawing tokens from an autoregressive prior through its key/value cache.
+
+``TokenSampler`` runs the sampling loop of a ``ConditionalAutoregressive2D``: a known prefix fills a
+fresh cache in chunks, then every step feeds one position and draws its token from
+``softmax(filter(logits / temp))``. The steps take the fastest path that gives the plain path's numbers:
+
+* the first position (and every step with ``plain_step``, or while attention is recorded) runs the
+  model's plain cached forward;
+* on CPU, and on CUDA with ``cuda_graph=False``, the next ones run a ``StepPlan`` (numba kernels for
+  float32 on CPU);
+* with ``cuda_graph`` (default: on CUDA), a ``StaticStep`` replays the whole step as a CUDA graph.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from jukebox.inference import cpu_kernels
+from jukebox.inference.static_step import StaticStep
+from jukebox.inference.step_plan import StepPlan
+from jukebox.transformer.kv_cache import KVCache
+from jukebox.utils.sample_utils import filter_logits, get_split_chunks
+
+__all__ = ["TokenSampler", "draw"]
+
+Hook = Callable[[], None]
+
+
+def draw(logits: torch.Tensor, temp: float, top_k: int, top_p: float) -> torch.Tensor:
+    """One categorical draw per item from ``softmax(filter(logits / temp))``: ``(N, 1, bins) -> (N, 1)``."""
+    logits = filter_logits(logits / temp, top_k=top_k, top_p=top_p)
+    return torch.distributions.Categorical(logits=logits, validate_args=False).sample()
+
+
+class TokenSampler:
+    """Samples from ``model`` (a ``ConditionalAutoregressive2D`` in eval mode).
+
+    ``plain_step``: every step through the model's modules (for comparison). ``cuda_graph``: fixed-shape
+    steps, replayed as CUDA graphs on CUDA (None: on CUDA only; True also runs them eagerly elsewhere).
+    ``cpu_fp16_weights``: read float32 weights as float16 in CPU steps (faster, not exact).
+    ``on_primed`` and ``on_draw`` are called after the prefix is cached and before every draw.
+    ``cache`` is the key/value cache of the latest run.
+    """
+
+    def __init__(self, model, plain_step: bool = False, cuda_graph: bool | None = None,
+                 cpu_fp16_weights: bool = False, on_primed: Hook | None = None, on_draw: Hook | None = None):
+        self.model = model
+        self.plain_step = plain_step
+        self.cuda_graph = cuda_graph
+        self.cpu_fp16_weights = cpu_fp16_weights
+        self.on_primed, self.on_draw = on_primed, on_draw
+        self.cache: KVCache | None = None
+
+    # ------------------------------------------------------------------ public
+    def sample(self, n_samples: int, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+               encoder_kv: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
+               top_p: float = 0.0, get_preds: bool = False, sample_tokens: int | None = None):
+        """Ancestral sampling; see ``ConditionalAutoregressive2D.sample``."""
+        prime = torch.empty(n_samples, 0, dtype=torch.long, device=self.model.x_emb.weight.device)
+        return self._sample(n_samples, prime, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
+                            None, sample_tokens)
+
+    def primed_sample(self, n_samples: int, x: torch.Tensor, x_cond: torch.Tensor | None = None,
+                      y_cond: torch.Tensor | None = None, encoder_kv: torch.Tensor | None = None,
+                      fp16: bool = False, temp: float = 1.0, top_k: int = 0, top_p: float = 0.0,
+                      get_preds: bool = False, chunk_size: int | None = None, sample_tokens: int | None = None):
+        """Continue the prefix x ``(N, L)``; see ``ConditionalAutoregressive2D.primed_sample``."""
+        if x.shape[0] != n_samples:
+            raise ValueError(f"the prefix has {x.shape[0]} items but n_samples is {n_samples}")
+        x = x.reshape(n_samples, -1)
+        self.model.check_tokens(x, "prefix")
+        return self._sample(n_samples, x, x_cond, y_cond, encoder_kv, fp16, temp, top_k, top_p, get_preds,
+                            chunk_size, sample_tokens)
+
+    def cached_logits(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+                      encoder_kv: torch.Tensor | None = None, fp16: bool = False, n_prime: int = 0,
+                      chunk_size: int | None = None) -> torch.Tensor:
+        """Logits ``(N, L, bins)`` of given tokens along the sampling path; see
+        ``ConditionalAutoregressive2D.cached_logits``."""
+        x = x.reshape(x.shape[0], -1).long()
+        self.model.check_tokens(x, "x")
+        if not 0 <= n_prime < x.shape[1] <= self.model.input_dims:
+            raise ValueError(f"need 0 <= n_prime ({n_prime}) < L ({x.shape[1]}) <= {self.model.input_dims}")
+        with torch.no_grad():
+            return self._run(x.clone(), n_prime, x_cond, y_cond, encoder_kv, fp16, chunk_size, True, draw=None)[1]
+
+    # ------------------------------------------------------------------ the loop
+    def _sample(self, n_samples: int, prime: torch.Tensor, x_cond, y_cond, encoder_kv, fp16: bool, temp: float,
+                top_k: int, top_p: float, get_preds: bool, chunk_size: int | None, sample_tokens: int | None):
+        m = self.model
+        D = m.input_dims
+        sample_tokens = D if sample_tokens is None else int(sample_tokens)
+        if not 0 < sample_tokens <= D:
+            raise ValueError(f"sample_tokens must be in [1, {D}] (the context of this model), got {sample_tokens}")
+        n_prime = prime.shape[1]
+        if n_prime >= sample_tokens:
+            raise ValueError(f"the prefix has {n_prime} tokens, so sample_tokens must exceed it, got {sample_tokens}")
+        with torch.no_grad():
+            x = torch.zeros(n_samples, sample_tokens, dtype=torch.long, device=prime.device)
+            x[:, :n_prime] = prime
+            x, preds = self._run(x, n_prime, x_cond, y_cond, encoder_kv, fp16, chunk_size, get_preds,
+                                 draw=lambda logits: draw(logits, temp, top_k, top_p))
+        x = x.view(n_samples, *m.input_shape) if sample_tokens == D else x
+        return (x, preds) if get_preds else x
+
+    def _run(self, x: torch.Tensor, n_prime: int, x_cond, y_cond, encoder_kv, fp16: bool, chunk_size: int | None,
+             get_preds: bool, draw: Callable[[torch.Tensor], torch.Tensor] | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cached loop over x ``(N, L)``, whose first n_prime tokens are known: those fill the cache
+        in chunks; then each step takes one token: ``draw(logits)`` when given (written into x), else the
+        token already in x. Returns (x, logits ``(N, L, bins)`` or None)."""
+        m = self.model
+        if m.training:
+            raise RuntimeError("sampling needs the model in eval mode: call .eval() first")
+        if m.only_encode:
+            raise RuntimeError("an encoder-only model (only_encode=True) cannot sample")
+        N, L = x.shape
+        x_cond = m.check_conds(N, x_cond, y_cond)
+        preds = m.x_emb.weight.new_empty(N, L, m.bins) if get_preds else None
+        start = m.start_input(N, y_cond).to(m.x_emb.weight.dtype)
+        pos_emb = m.pos_emb()
+        dtype = m.transformer.compute_dtype(fp16, x.device)
+        cache = self.cache = m.transformer.new_cache(N, dtype, x.device)
+        t = 0
+        for size in get_split_chunks(n_prime, chunk_size):
+            h = m.cached_forward(*m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond), encoder_kv, fp16, cache)
+            if get_preds:
+                preds[:, t:t + size] = m.x_out(h)
+            t += size
+        if self.on_primed is not None:
+            self.on_primed()
+        step = None
+        for t in range(n_prime, L):
+            if step is None and t > 0:
+                step = self._fast_step(cache, pos_emb, x_cond, fp16)
+            if step is not None:
+                logits = step(x[:, t - 1])
+            else:
+                h = m.cached_forward(*m.sampling_inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16, cache)
+                logits = m.x_out(h)
+            if get_preds:
+                preds[:, t:t + 1] = logits
+            if draw is not None:
+                if self.on_draw is not None:
+                    self.on_draw()
+                x[:, t:t + 1] = draw(logits)
+        return x, preds
+
+    def _fast_step(self, cache: KVCache, pos_emb: torch.Tensor, x_cond: torch.Tensor | None, fp16: bool
+                   ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``step(token at t - 1) -> logits (N, 1, bins)`` at the cache's position, advancing it; or None
+        where the plain path must run (``plain_step``, recorded attention)."""
+        m = self.model
+        blocks = list(m.transformer._attn_mods)
+        if self.plain_step or any(block.attn.record_attn for block in blocks):
+            return None
+        plan = StepPlan(blocks, cache, cache.dtype, self.cpu_fp16_weights)
+        use_graph = self.cuda_graph if self.cuda_graph is not None else pos_emb.device.type == "cuda"
+        if use_graph:
+            static = StaticStep(m, plan, pos_emb, x_cond)
+            return lambda token: static(token).unsqueeze(1)
+        project = self._step_output(cache.n_samples)
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            t = cache.position
+            h = m.x_emb(token[:, None]) + pos_emb[t:t + 1]
+            cond = None
+            if x_cond is not None:
+                cond = x_cond if x_cond.shape[1] == 1 else x_cond[:, t:t + 1]
+                h = h + cond
+            h = plan.step(h.to(plan.dtype).view(h.shape[0], -1)).view(h.shape)
+            if h.dtype == torch.float16:
+                h = h.float()
+            if m.add_cond_after_transformer and cond is not None:
+                h = h + cond
+            return project(h)
+
+        return step
+
+    def _step_output(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x_out`` for one-position steps ``(n, 1, width) -> (n, 1, bins)``: with float32 weights on CPU
+        through the tiled kernel, which reads the weight at memory bandwidth (as the layers' products)."""
+        w = self.model.x_out.weight
+        if w.device.type != "cpu" or w.dtype != torch.float32 or not cpu_kernels.available():
+            return self.model.x_out
+        tiled = cpu_kernels.TiledLinear(w.t(), torch.zeros(w.shape[0]))
+        return lambda h: tiled(h.reshape(n, -1)).view(n, 1, -1)
