@@ -34,7 +34,7 @@ def can_align(prior: Any) -> bool:
 
 def _window_attention(prior: Any, z: torch.Tensor, y: torch.Tensor, fp16: bool) -> torch.Tensor:
     """Attention (n_ctx, n_tokens) of the alignment head for one item's window z (1, n_ctx) and label y (1, L)."""
-    weights = prior.z_forward(z, [], y, fp16=fp16, get_attn_weights={prior.alignment_layer})
+    weights = prior.attention_weights(z, [], y, {prior.alignment_layer}, fp16=fp16)
     if len(weights) != 1:
         raise RuntimeError(f"expected the attention of one layer, got {len(weights)}")
     return weights[0][0, prior.alignment_head]
@@ -63,7 +63,7 @@ def get_alignment(x: torch.Tensor | None, zs: Sequence[torch.Tensor], labels: di
 
     hops: dict[int, tuple[np.ndarray, list[list[int]]]] = {}
     for start in starts:
-        y, indices = prior.get_y(labels, start, get_indices=True)
+        y, indices = prior.get_y_and_indices(labels, start)
         if len(indices) != bs or any(len(ix) != n_tokens for ix in indices):
             raise RuntimeError(f"expected {bs} lyric windows of {n_tokens} indices from get_y")
         attn = [_window_attention(prior, z[i:i + 1, start:start + n_ctx], y[i:i + 1], fp16) for i in range(bs)]

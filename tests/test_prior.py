@@ -274,7 +274,10 @@ def test_bad_inputs_raise_clear_errors(case):
     fixture, prior = case
     out, y = fixture["outputs"], fixture["inputs"]["y"]
     with pytest.raises(ValueError, match="lie in"):
-        prior.z_forward(out["z"] + 10_000, out["z_conds"], y)
+        prior.check_inputs(out["z"] + 10_000, out["z_conds"], y)
+    with pytest.raises(ValueError, match="lie in"):
+        prior.sample(2, z=out["z"][:, :4] + 10_000, z_conds=out["z_conds"], y=y)
+    prior.check_inputs(out["z"], out["z_conds"], y)  # the fixture's own inputs are fine
     with pytest.raises(ValueError, match="n_samples"):
         prior.sample(3, z=out["z"][:, :4], z_conds=out["z_conds"], y=y)
     prior.train()
@@ -301,7 +304,7 @@ def test_range_embedding_bins():
 def test_range_embedding_rejects_out_of_range():
     emb = RangeEmbedding(4, 8, (0.0, 10.0), out_width=2, init_scale=1.0)
     with pytest.raises(ValueError, match="lie in"):
-        emb(torch.tensor([[10.0]]), torch.tensor([[10.0]]))
+        emb.check(torch.tensor([[10.0]]), torch.tensor([[10.0]]))
     with pytest.raises(ValueError, match="pos_end"):
         emb(torch.tensor([[1.0]]))
 

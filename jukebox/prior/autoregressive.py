@@ -143,23 +143,12 @@ class ConditionalAutoregressive2D(nn.Module):
         return self.start_token.view(1, 1, self.width).expand(N, 1, self.width)
 
     # ---------------------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
-                encoder_kv: torch.Tensor | None = None, fp16: bool = False, loss_full: bool = False,
-                encode: bool = False, get_preds: bool = False, get_acts: bool = False,
-                get_sep_loss: bool = False):
-        """x: tokens ``(N, *input_shape)``.
-
-        Returns the activations ``(N, D, width)`` when ``only_encode``; otherwise ``(loss, extra)``
-        where loss is the cross entropy in bits (a ``(prime_loss, gen_loss)`` pair with
-        ``get_sep_loss``) and extra is the logits ``(N, D, bins)`` (get_preds), the activations
-        (get_acts) or None.
-        """
+    def activations(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+                    encoder_kv: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
+        """Tokens x ``(N, *input_shape)`` -> the transformer's output activations ``(N, D, width)`` (position t
+        sees the tokens before t)."""
         N = x.shape[0]
         x = x.reshape(N, -1).long()
-        self.check_tokens(x, "x")
-        x_cond = self.check_conds(N, x_cond, y_cond)
-
-        x_t = x
         h = self.x_emb(x)
         h = torch.cat([self.start_input(N, y_cond).to(h.dtype), h[:, :-1]], dim=1)
         h = self.x_emb_dropout(h) + self.pos_emb_dropout(self.pos_emb())
@@ -168,26 +157,38 @@ class ConditionalAutoregressive2D(nn.Module):
         h = self.transformer(h, encoder_kv=encoder_kv, fp16=fp16)
         if self.add_cond_after_transformer and x_cond is not None:
             h = h + x_cond
-        acts = h
+        return h
+
+    def logits(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+               encoder_kv: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
+        """Tokens x ``(N, *input_shape)`` -> the logits of every position ``(N, D, bins)``."""
+        return self.x_out(self.activations(x, x_cond, y_cond, encoder_kv, fp16))
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Cross entropy in bits of tokens x ``(N, *input_shape)`` under ``logits`` ``(N, D, bins)``."""
+        return F.cross_entropy(logits.reshape(-1, self.bins), x.reshape(-1).long()) / math.log(2.0)
+
+    def separate_losses(self, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lyrics loss, music loss) in bits of a merged sequence (single encoder-decoder): the first
+        ``prime_len`` positions are the lyrics."""
+        if self.prime_len is None:
+            raise ValueError("separate losses need a model built with prime_len (single encoder-decoder)")
+        p, x = self.prime_len, x.reshape(x.shape[0], -1)
+        return self.loss(logits[:, :p], x[:, :p]), self.loss(logits[:, p:], x[:, p:])
+
+    def forward(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+                encoder_kv: torch.Tensor | None = None, fp16: bool = False, loss_full: bool = False,
+                encode: bool = False, get_preds: bool = False, get_acts: bool = False,
+                get_sep_loss: bool = False):
+        """The original's call form. Returns ``activations`` when ``only_encode``; otherwise ``(loss, extra)``
+        where loss is the cross entropy in bits (``separate_losses`` with ``get_sep_loss``) and extra is the
+        logits (get_preds), the activations (get_acts) or None."""
         if self.only_encode:
-            return acts
-        logits = self.x_out(h)
-
-        if get_sep_loss:
-            if self.prime_len is None:
-                raise ValueError("get_sep_loss needs a model built with prime_len (single encoder-decoder)")
-            p = self.prime_len
-            prime_loss = F.cross_entropy(logits[:, :p].reshape(-1, self.bins), x_t[:, :p].reshape(-1)) / math.log(2.0)
-            gen_loss = F.cross_entropy(logits[:, p:].reshape(-1, self.bins), x_t[:, p:].reshape(-1)) / math.log(2.0)
-            loss = (prime_loss, gen_loss)
-        else:
-            loss = F.cross_entropy(logits.reshape(-1, self.bins), x_t.reshape(-1)) / math.log(2.0)
-
-        if get_preds:
-            return loss, logits
-        if get_acts:
-            return loss, acts
-        return loss, None
+            return self.activations(x, x_cond, y_cond, encoder_kv, fp16)
+        acts = self.activations(x, x_cond, y_cond, encoder_kv, fp16)
+        logits = self.x_out(acts)
+        loss = self.separate_losses(logits, x) if get_sep_loss else self.loss(logits, x)
+        return loss, logits if get_preds else acts if get_acts else None
 
     # --------------------------------------------------------------------------------------- sampling
     def sampling_inputs(self, x: torch.Tensor, t0: int, t1: int, start: torch.Tensor, pos_emb: torch.Tensor,

@@ -4,6 +4,9 @@
   token rate by a decoder conv stack; added to every position of an upsampler's input.
 * :class:`LabelConditioner`: artist and bag-of-genre embeddings (the start token of the
   transformer) and, for top-level priors, embeddings of where the window lies in the song.
+
+Forward passes check shapes only; the ``check`` methods check values (each costs a device-to-host
+sync on a GPU) and are called where inputs enter: sampling and data loading.
 """
 from __future__ import annotations
 
@@ -66,13 +69,16 @@ class SimpleEmbedding(nn.Module):
         self.emb = nn.Embedding(bins, out_width)
         nn.init.normal_(self.emb.weight, std=0.01 * init_scale)
 
+    def check(self, y: torch.Tensor) -> None:
+        """Raise unless the ids ``y`` lie in ``[0, bins)``."""
+        if not ((0 <= y).all() and (y < self.bins).all()):
+            raise ValueError(f"label ids must lie in [0, {self.bins}), got {y.tolist()}: "
+                             "are y_bins the ones of this model?")
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if y.dim() != 2:
             raise ValueError(f"expected ids of shape (N, L), got {tuple(y.shape)}")
         _check_long("label ids", y)
-        if not ((0 <= y).all() and (y < self.bins).all()):
-            raise ValueError(f"label ids must lie in [0, {self.bins}), got {y.tolist()}: "
-                             "are y_bins the ones of this model?")
         return self.emb(y)
 
 
@@ -94,13 +100,21 @@ class RangeEmbedding(nn.Module):
         self.pos_min, self.pos_max = range
         self.clamp = clamp
 
+    def check(self, pos_start: torch.Tensor, pos_end: torch.Tensor | None = None) -> None:
+        """Raise unless the positions ``(N, 1)`` lie in the range (``pos_end`` after clamping, if asked)."""
+        if not ((self.pos_min <= pos_start).all() and (pos_start < self.pos_max).all()):
+            raise ValueError(f"positions must lie in [{self.pos_min}, {self.pos_max}), got {pos_start.tolist()}: "
+                             "check offset/total_length against min_duration/max_duration")
+        if self.n_time > 1 and pos_end is not None:
+            if self.clamp:
+                pos_end = pos_end.clamp(self.pos_min, self.pos_max)
+            if not ((self.pos_min <= pos_end).all() and (pos_end <= self.pos_max).all()):
+                raise ValueError(f"end positions must lie in [{self.pos_min}, {self.pos_max}], got {pos_end.tolist()}")
+
     def get_bins(self, pos_start: torch.Tensor, pos_end: torch.Tensor | None = None) -> torch.Tensor:
         """pos_start, pos_end: ``(N, 1)`` -> bin indices ``(N, n_time)`` int64."""
         if pos_start.dim() != 2:
             raise ValueError(f"pos_start must have shape (N, 1), got {tuple(pos_start.shape)}")
-        if not ((self.pos_min <= pos_start).all() and (pos_start < self.pos_max).all()):
-            raise ValueError(f"positions must lie in [{self.pos_min}, {self.pos_max}), got {pos_start.tolist()}: "
-                             "check offset/total_length against min_duration/max_duration")
         pos_start = pos_start.float()
         if self.n_time == 1:
             position = pos_start
@@ -109,8 +123,6 @@ class RangeEmbedding(nn.Module):
                 raise ValueError(f"pos_end of shape (N, 1) is needed to interpolate {self.n_time} positions")
             if self.clamp:
                 pos_end = pos_end.clamp(self.pos_min, self.pos_max)
-            if not ((self.pos_min <= pos_end).all() and (pos_end <= self.pos_max).all()):
-                raise ValueError(f"end positions must lie in [{self.pos_min}, {self.pos_max}], got {pos_end.tolist()}")
             pos_end = pos_end.float()
             steps = torch.arange(0, self.n_time, dtype=torch.float, device=pos_start.device).view(1, self.n_time)
             position = pos_start + (pos_end - pos_start) * (steps / self.n_time)
@@ -168,6 +180,15 @@ class LabelConditioner(nn.Module):
         if not self.include_time_signal:
             raise RuntimeError("this label conditioner has no time signal (it belongs to an upsampler)")
         return {name: getattr(self, name).get_bins(*args) for name, args in self._timing_args(y).items()}
+
+    def check(self, y: torch.Tensor) -> None:
+        """Raise unless the ids and timing of labels y lie in this conditioner's ranges."""
+        _, _, _, artist, genre = self._split(y)
+        self.artist_emb.check(artist)
+        self.bow_genre_emb.check(genre.clamp(0))
+        if self.include_time_signal:
+            for name, args in self._timing_args(y).items():
+                getattr(self, name).check(*args)
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         _, _, _, artist, genre = self._split(y)

@@ -136,15 +136,22 @@ class SimplePrior(nn.Module):
     def labeller(self, labeller: Labeller | EmptyLabeller) -> None:
         self._labeller = labeller
 
-    def get_y(self, labels: dict | None, start: int, get_indices: bool = False):
-        """y of the window starting at token ``start`` of this level: sample_length, offset and lyric
-        tokens set for it. labels: ``{'y': (N, label_len), 'info': [...]}``. None for unlabelled priors."""
+    def get_y_and_indices(self, labels: dict | None, start: int
+                          ) -> tuple[torch.Tensor | None, list[list[int]] | None]:
+        """y of the window starting at token ``start`` of this level (sample_length, offset and lyric tokens
+        set for it) and, per item, the indices of its lyric tokens in the full lyrics (-1: padding).
+        labels: ``{'y': (N, label_len), 'info': [...]}``. (None, None) for unlabelled priors."""
         if not self.y_cond:
-            return (None, None) if get_indices else None
+            return None, None
         y = labels["y"].clone()
         y[:, 2] = int(self.sample_length)
         y[:, 1:2] = y[:, 1:2] + int(start * self.raw_to_tokens)
         indices = self.labeller.set_y_lyric_tokens(y, labels)
+        return y, indices
+
+    def get_y(self, labels: dict | None, start: int, get_indices: bool = False):
+        """The window's y of ``get_y_and_indices``; ``get_indices=True`` is the original's call form for both."""
+        y, indices = self.get_y_and_indices(labels, start)
         return (y, indices) if get_indices else y
 
     def get_z_conds(self, zs: list[torch.Tensor], start: int, end: int) -> list[torch.Tensor] | None:
@@ -170,11 +177,9 @@ class SimplePrior(nn.Module):
         conditionings (None: zeros) into ``(N, n_tokens + n_ctx, width)``."""
         N = xs[0].shape[0]
         merged = []
-        for x, bins, shift in zip(xs, self.prior_bins, self.prior_bins_shift):
+        for x, shift in zip(xs, self.prior_bins_shift):
             if x.dtype != torch.long:
                 raise TypeError(f"tokens must be int64 (long), got {x.dtype}")
-            if x.numel() and not ((0 <= x).all() and (x < bins).all()):
-                raise ValueError(f"tokens must lie in [0, {bins}), got [{int(x.min())}, {int(x.max())}]")
             merged.append((x + shift).view(N, -1))
         filled = []
         for cond, dims in zip(conds, self.prior_dims):
@@ -221,6 +226,23 @@ class SimplePrior(nn.Module):
         n_labels = y.shape[1] - self.n_tokens
         return y[:, :n_labels], y[:, n_labels:]
 
+    def check_inputs(self, z: torch.Tensor | None = None, z_conds: list[torch.Tensor] | None = None,
+                     y: torch.Tensor | None = None) -> None:
+        """Raise unless codes z (this level), z_conds (the levels above) and labels y hold values this prior
+        knows. Forward passes check shapes only; call this where inputs enter (sampling, data loading)."""
+        for name, codes in (("z", z), *((f"z_conds[{i}]", c) for i, c in enumerate(z_conds or []))):
+            if codes is not None and codes.numel() and not ((0 <= codes).all() and (codes < self.l_bins).all()):
+                raise ValueError(f"{name}: codes must lie in [0, {self.l_bins}), got [{int(codes.min())}, "
+                                 f"{int(codes.max())}]; were they made by another VQ-VAE?")
+        labels, lyrics = self._split_y(y)
+        if labels is not None:
+            self.y_emb.check(labels)
+        n_vocab = self.prior_bins[0] if self.single_enc_dec else getattr(self, "prime_bins", None)
+        if lyrics is not None and n_vocab is not None and lyrics.numel() \
+                and not ((0 <= lyrics).all() and (lyrics < n_vocab).all()):
+            raise ValueError(f"lyric tokens must lie in [0, {n_vocab}), got [{int(lyrics.min())}, "
+                             f"{int(lyrics.max())}]")
+
     def get_cond(self, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None):
         """Conditioning of one window.
 
@@ -245,7 +267,7 @@ class SimplePrior(nn.Module):
             return None
         if prime is None:
             raise ValueError("this prior is conditioned on lyrics: pass y with its lyric tokens")
-        prime_acts = self.prime_prior(prime, None, None, None, fp16=fp16)
+        prime_acts = self.prime_prior.activations(prime, fp16=fp16)
         encoder_kv = self.prime_state_ln(self.prime_state_proj(prime_acts.float()))
         if sample and fp16 and encoder_kv.device.type != "cpu":
             encoder_kv = encoder_kv.half()
@@ -279,37 +301,49 @@ class SimplePrior(nn.Module):
             return self.decoder(zs, start_level=start_level, end_level=end_level, bs_chunks=bs_chunks)
 
     # ---------------------------------------------------------------------------------- train/score
+    def attention_weights(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None = None,
+                          y: torch.Tensor | None = None, layers: bool | set[int] = True,
+                          fp16: bool = False) -> list[torch.Tensor]:
+        """The attention probabilities ``(N, heads, queries, keys)`` of the transformer ``layers`` (True: all)
+        for codes z ``(N, n_ctx)``; for prime attention, music queries over lyric keys (as alignment needs)."""
+        self.prior.transformer.set_record_attn(layers)
+        try:
+            self._losses(z, z_conds, y, fp16, get_preds=False)
+            return self.prior.transformer.ws
+        finally:
+            self.prior.transformer.set_record_attn(False)
+
     def z_forward(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None = None, y: torch.Tensor | None = None,
                   fp16: bool = False, get_preds: bool = False, get_attn_weights: bool | set = False):
         """Loss of codes z ``(N, n_ctx)`` given the codes above and labels.
 
         Returns (loss, metrics) with metrics bpd, prime_loss, gen_loss (bits; and preds, the logits,
-        with get_preds); with get_attn_weights (True or a set of layer indices) returns the
-        recorded attention weights instead.
+        with get_preds). ``get_attn_weights`` is the original's call form of ``attention_weights``.
         """
         if get_attn_weights:
-            self.prior.transformer.set_record_attn(get_attn_weights)
+            return self.attention_weights(z, z_conds, y, get_attn_weights, fp16)
+        return self._losses(z, z_conds, y, fp16, get_preds)
+
+    def _losses(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None, fp16: bool,
+                get_preds: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_cond, y_cond, prime = self.get_cond(z_conds, y)
         if self.copy_input:
             prime = z[:, :self.n_tokens]
         if self.single_enc_dec:
             z, x_cond = self.prior_preprocess([prime, z], [None, x_cond])
-            (prime_loss, gen_loss), preds = self.prior(z, x_cond, y_cond, fp16=fp16, get_sep_loss=True,
-                                                       get_preds=get_preds)
+            logits = self.prior.logits(z, x_cond, y_cond, fp16=fp16)
+            prime_loss, gen_loss = self.prior.separate_losses(logits, z)
         else:
             encoder_kv = self.get_encoder_kv(prime, fp16=fp16)
             prime_loss = self.get_prime_loss(encoder_kv, prime)
-            gen_loss, preds = self.prior(z, x_cond, y_cond, encoder_kv, fp16=fp16, get_preds=get_preds)
+            logits = self.prior.logits(z, x_cond, y_cond, encoder_kv, fp16=fp16)
+            gen_loss = self.prior.loss(logits, z)
         loss = (self.prime_loss_fraction * prime_loss * self.prime_loss_dims / self.total_loss_dims
                 + gen_loss * self.gen_loss_dims / self.total_loss_dims)
         metrics = dict(bpd=gen_loss.detach().clone(), prime_loss=prime_loss.detach().clone(),
                        gen_loss=gen_loss.detach().clone())
         if get_preds:
-            metrics["preds"] = preds.detach().clone()
-        if get_attn_weights:
-            ws = self.prior.transformer.ws
-            self.prior.transformer.set_record_attn(False)
-            return ws
+            metrics["preds"] = logits.detach().clone()
         return loss, metrics
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, fp16: bool = False, decode: bool = False,
@@ -328,6 +362,7 @@ class SimplePrior(nn.Module):
         for name, value in (("z", z), ("y", y), *((f"z_conds[{i}]", c) for i, c in enumerate(z_conds or []))):
             if value is not None and value.shape[0] != n_samples:
                 raise ValueError(f"{name} has {value.shape[0]} items but n_samples is {n_samples}")
+        self.check_inputs(z, z_conds, y)
         no_past_context = z is None or z.shape[1] == 0
         print_once(f"{'Ancestral' if no_past_context else 'Primed'} sampling {n_samples} samples with temp={temp}, "
                    f"top_k={top_k}, top_p={top_p}")
