@@ -6,7 +6,7 @@ named ``HPARAMS_REGISTRY`` sets left to right and then ``overrides``. A key that
 
 Keys in ``COMPAT_ONLY_KEYS`` are accepted so the original's registry sets and command lines load
 unchanged, but nothing here reads them: setting one to a value other than its default warns
-(``CompatOnlyHparamWarning``), unless it is the value a set shipped in this file gives it.
+(``CompatOnlyHparamWarning``), unless a set shipped in this file gives it that value.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class UnknownHparamError(KeyError):
 
 
 class CompatOnlyHparamWarning(UserWarning):
-    """Issued when a key of ``COMPAT_ONLY_KEYS`` is set to a value that would change something in the original."""
+    """A ``COMPAT_ONLY_KEYS`` key was set away from its default, which has no effect here."""
 
 
 HPARAMS_REGISTRY: dict[str, Hyperparams] = {}
@@ -67,9 +67,9 @@ def _plain(value: Any) -> Any:
     return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _sets_without_effect(name: str | None, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, bool]:
-    """For each compat-only key in ``values`` (registry set ``name``, or the overrides when None): whether
-    setting it deserves a warning, i.e. it moves away from the default other than as the shipped set does."""
+def _compat_keys_to_warn(name: str | None, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, bool]:
+    """Each compat-only key that ``values`` sets (registry set ``name``; the overrides when None), with whether to
+    warn: its value is not the default, nor the value that the set of that name shipped here gives it."""
     shipped = _SHIPPED_COMPAT_VALUES.get(name, {}) if name is not None else {}
     flags = {}
     for key in (k for k in values if k in COMPAT_ONLY_KEYS):
@@ -111,7 +111,7 @@ def setup_hparams(hparam_set_names: str | Iterable[str], overrides: Mapping[str,
                 raise UnknownHparamError(
                     f"unknown hyperparameter {key!r} (from {origin}); closest known keys: {_closest(key, hps)}"
                 )
-        for key, warn in _sets_without_effect(name, values, defaults).items():
+        for key, warn in _compat_keys_to_warn(name, values, defaults).items():
             if warn:
                 without_effect[key] = origin
             else:
