@@ -3,15 +3,21 @@
 ``setup_hparams("set_a,set_b", overrides)`` starts from every ``DEFAULTS`` group, applies the
 named ``HPARAMS_REGISTRY`` sets left to right and then ``overrides``. A key that is in no
 ``DEFAULTS`` group is an error that names the key and the closest known keys.
+
+Keys in ``COMPAT_ONLY_KEYS`` are accepted so the original's registry sets and command lines load
+unchanged, but nothing here reads them: setting one to a value other than its default warns
+(``CompatOnlyHparamWarning``), unless a set shipped in this file gives it that value.
 """
 from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["Hyperparams", "HPARAMS_REGISTRY", "DEFAULTS", "setup_hparams", "REMOTE_PREFIX"]
+__all__ = ["Hyperparams", "HPARAMS_REGISTRY", "DEFAULTS", "COMPAT_ONLY_KEYS", "CompatOnlyHparamWarning",
+           "UnknownHparamError", "setup_hparams", "REMOTE_PREFIX"]
 
 
 class Hyperparams(dict):
@@ -34,6 +40,10 @@ class UnknownHparamError(KeyError):
         return str(self.args[0])
 
 
+class CompatOnlyHparamWarning(UserWarning):
+    """A ``COMPAT_ONLY_KEYS`` key was set away from its default, which has no effect here."""
+
+
 HPARAMS_REGISTRY: dict[str, Hyperparams] = {}
 DEFAULTS: dict[str, Hyperparams] = {}
 
@@ -53,11 +63,27 @@ def _default_keys() -> dict[str, Any]:
     return merged
 
 
+def _plain(value: Any) -> Any:
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _compat_keys_to_warn(name: str | None, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, bool]:
+    """Each compat-only key that ``values`` sets (registry set ``name``; the overrides when None), with whether to
+    warn: its value is not the default, nor the value that the set of that name shipped here gives it."""
+    shipped = _SHIPPED_COMPAT_VALUES.get(name, {}) if name is not None else {}
+    flags = {}
+    for key in (k for k in values if k in COMPAT_ONLY_KEYS):
+        value = _plain(values[key])
+        flags[key] = value != _plain(defaults[key]) and not (key in shipped and value == shipped[key])
+    return flags
+
+
 def setup_hparams(hparam_set_names: str | Iterable[str], overrides: Mapping[str, Any] | None = None) -> Hyperparams:
     """Merge defaults, registry sets and overrides into one ``Hyperparams``.
 
     ``hparam_set_names`` is a comma-separated string (``"small_vqvae,small_prior"``) or a
-    sequence of names; empty names are ignored.
+    sequence of names; empty names are ignored. A ``COMPAT_ONLY_KEYS`` key left at a value other
+    than its default (by the overrides or by a set not shipped here) warns once, with the reason.
     """
     overrides = dict(overrides or {})
     if isinstance(hparam_set_names, str):
@@ -66,23 +92,34 @@ def setup_hparams(hparam_set_names: str | Iterable[str], overrides: Mapping[str,
         names = [str(n).strip() for n in hparam_set_names]
     names = [n for n in names if n]
 
-    hps = Hyperparams(_default_keys())
-    sets: list[tuple[str, Mapping[str, Any]]] = []
+    defaults = _default_keys()
+    hps = Hyperparams(defaults)
+    sets: list[tuple[str | None, Mapping[str, Any]]] = []
     for name in names:
         if name not in HPARAMS_REGISTRY:
             raise UnknownHparamError(
                 f"unknown hparams set {name!r}; closest registered sets: {_closest(name, HPARAMS_REGISTRY)}. "
                 "Register your own with HPARAMS_REGISTRY[name] = Hyperparams(...) in jukebox/hparams.py."
             )
-        sets.append((f"hparams set {name!r}", HPARAMS_REGISTRY[name]))
-    sets.append(("overrides", overrides))
-    for origin, values in sets:
+        sets.append((name, HPARAMS_REGISTRY[name]))
+    sets.append((None, overrides))
+    without_effect: dict[str, str] = {}  # key -> origin of the value it ends with
+    for name, values in sets:
+        origin = "overrides" if name is None else f"hparams set {name!r}"
         for key in values:
             if key not in hps:
                 raise UnknownHparamError(
                     f"unknown hyperparameter {key!r} (from {origin}); closest known keys: {_closest(key, hps)}"
                 )
+        for key, warn in _compat_keys_to_warn(name, values, defaults).items():
+            if warn:
+                without_effect[key] = origin
+            else:
+                without_effect.pop(key, None)
         hps.update(values)
+    for key, origin in without_effect.items():
+        warnings.warn(f"hyperparameter {key}={hps[key]!r} (from {origin}) has no effect here: {COMPAT_ONLY_KEYS[key]}",
+                      CompatOnlyHparamWarning, stacklevel=2)
     return hps
 
 
@@ -263,6 +300,71 @@ DEFAULTS["audio"] = Hyperparams(
 )
 DEFAULTS["distributed"] = Hyperparams(bucket=128)
 
+# Keys of the original's registry that nothing here reads, each with why it has no effect. They stay
+# accepted so that the original's sets and command lines load unchanged; setup_hparams warns when one is
+# set away from its default. A key that code starts to read leaves this table (tests/test_hparams.py
+# checks both ways).
+_NOT_IN_ORIGINAL = "read nowhere in the original either"
+_LAUNCHER = "bookkeeping of OpenAI's internal job launcher"
+_DEBUG = f"a debugging switch {_NOT_IN_ORIGINAL}"
+_SAMPLE_FLAGS = f"{_NOT_IN_ORIGINAL}; sampling takes jukebox/sample.py's own flags"
+_FIXED_STFT = "the spectral loss and bandwidth use a fixed 2048/256/1536 STFT, as in the original"
+_NO_PIPELINE = f"{_NOT_IN_ORIGINAL}; there is no pipeline parallelism"
+_LYRICS_POSITIONS = f"{_NOT_IN_ORIGINAL}; the lyrics encoder uses learned positions"
+COMPAT_ONLY_KEYS: dict[str, str] = {
+    "rcall_command": _LAUNCHER,
+    "git_commit": _LAUNCHER,
+    "debug_mem": _DEBUG,
+    "debug_eval_files": _DEBUG,
+    "debug_speed": _DEBUG,
+    "debug_iters": _DEBUG,
+    "debug_batch": _DEBUG,
+    "debug_grad_accum": _DEBUG,
+    "debug_inputs": _DEBUG,
+    "local_path": f"{_NOT_IN_ORIGINAL}; outputs go to local_logdir/name",
+    "finetune": f"{_NOT_IN_ORIGINAL}; fine-tune by restoring a checkpoint (restore_prior, restore_vqvae)",
+    "english_only": f"{_NOT_IN_ORIGINAL}; choose the files in audio_files_dir",
+    "p_unk": f"{_NOT_IN_ORIGINAL}; labels are never swapped for 'unknown' at random",
+    "restore_prior_ddp": "checkpoints load with or without DistributedDataParallel's 'module.' prefix",
+    "cond_levels": f"{_NOT_IN_ORIGINAL}; a prior is conditioned on the level above it",
+    "y_cond_as_bias": _NOT_IN_ORIGINAL,
+    "ema_fused": "one EMA implementation serves ema and cpu_ema (fused was the original's apex kernel)",
+    "restore_decoder": _NOT_IN_ORIGINAL,
+    "primed_chunk_size": f"{_SAMPLE_FLAGS} (--chunk_size)",
+    "selected_artists": f"{_SAMPLE_FLAGS} (--artist, --metas)",
+    "temp_top": f"{_SAMPLE_FLAGS} (--temp, one per level)",
+    "temp_rest": f"{_SAMPLE_FLAGS} (--temp, one per level)",
+    "total_sample_length_in_seconds": "a flag of jukebox/sample.py, which takes it itself; training never uses it",
+    "prime_rel_attn": _LYRICS_POSITIONS,
+    "prime_posemb_timescale": _LYRICS_POSITIONS,
+    "fp16_opt": "AdamW keeps float32 state (float16 state was the original's apex FP16FusedAdam)",
+    "dump": _NOT_IN_ORIGINAL,
+    "reset_best_loss": f"{_NOT_IN_ORIGINAL}; no best loss is tracked",
+    "sample": f"{_NOT_IN_ORIGINAL}; sample with jukebox/sample.py",
+    "sampler": f"{_SAMPLE_FLAGS} (--mode)",
+    "codes_logdir": f"{_SAMPLE_FLAGS} (--codes_file)",
+    "date": _NOT_IN_ORIGINAL,
+    "labeller": f"{_NOT_IN_ORIGINAL}; labels_v3 and max_bow_genre_size choose the labeller",
+    "label_line": _NOT_IN_ORIGINAL,
+    "grad_accum_iters": f"{_NOT_IN_ORIGINAL}; gradient accumulation is not implemented",
+    "piped": _NO_PIPELINE,
+    "pipe_depth": _NO_PIPELINE,
+    "func": _NOT_IN_ORIGINAL,
+    "n_fft": _FIXED_STFT,
+    "hop_length": _FIXED_STFT,
+    "window_size": _FIXED_STFT,
+    "wav": _NOT_IN_ORIGINAL,
+    "n_inps": _NOT_IN_ORIGINAL,
+    "n_hops": _NOT_IN_ORIGINAL,
+    "n_segment": _NOT_IN_ORIGINAL,
+    "n_total_segment": _NOT_IN_ORIGINAL,
+    "n_segment_each": _NOT_IN_ORIGINAL,
+    "prime_chunks": _NOT_IN_ORIGINAL,
+    "sample_hop_length": _NOT_IN_ORIGINAL,
+    "max_silence_pad_length": _NOT_IN_ORIGINAL,
+    "ignore_boundaries": _NOT_IN_ORIGINAL,
+}
+
 # ---------------------------------------------------------------------------------------------
 # Bundled demo model (jukebox/models/demo, trained by scripts/train_demo.sh on CPU; see its
 # MODEL_CARD.md). demo_small_* give the architectures the training commands use; the demo_* sets
@@ -294,3 +396,9 @@ _register("demo_upsampler_level_1", demo_small_upsampler,
           level=1, restore_prior=os.path.join(DEMO_DIR, "prior_level_1.pth.tar"))
 _register("demo_prior", demo_small_prior,
           level=2, restore_prior=os.path.join(DEMO_DIR, "prior_level_2.pth.tar"))
+
+# What the sets shipped above give each compat-only key: loading them as shipped does not warn.
+_SHIPPED_COMPAT_VALUES: dict[str, dict[str, Any]] = {
+    name: {k: _plain(v) for k, v in values.items() if k in COMPAT_ONLY_KEYS}
+    for name, values in HPARAMS_REGISTRY.items()
+}

@@ -1,10 +1,21 @@
 """The hparams registry keeps the original's names, values and merge semantics."""
 import json
+import re
+import warnings
 
 import pytest
 
-from conftest import MANIFESTS
-from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, setup_hparams
+from conftest import MANIFESTS, REPO
+from helpers_hparams_reads import hparam_reads
+from jukebox.hparams import (
+    COMPAT_ONLY_KEYS,
+    DEFAULTS,
+    HPARAMS_REGISTRY,
+    CompatOnlyHparamWarning,
+    Hyperparams,
+    UnknownHparamError,
+    setup_hparams,
+)
 
 RELEASED = ["vqvae", "upsampler_level_0", "upsampler_level_1", "prior_5b", "prior_5b_lyrics", "prior_1b_lyrics"]
 README_SETS = ["small_vqvae", "small_prior", "small_upsampler", "small_labelled_prior",
@@ -74,3 +85,126 @@ def test_attribute_access_and_user_registration():
             _ = hps.not_a_key
     finally:
         del HPARAMS_REGISTRY["my_small_prior_for_test"]
+
+
+# --- every key is read or documented as compat-only --------------------------------------------------
+def _code_files():
+    own = REPO / "jukebox" / "hparams.py"  # defines the keys; reads none
+    return [p for p in [*(REPO / "jukebox").rglob("*.py"), *(REPO / "scripts").rglob("*.py")] if p != own]
+
+
+def _default_keys():
+    return set().union(*DEFAULTS.values())
+
+
+def test_read_scanner_sees_every_read_form(tmp_path):
+    source = tmp_path / "reader.py"
+    source.write_text(
+        'NAMES = ("in_module_tuple",)\n'
+        "def f(hps, self):\n"
+        '    a = hps.attr + self.hps["subscript"] + hps.get("get") + getattr(vq_hps, "getattr")\n'
+        '    b = [hps[n] for n in ("loop_a", "loop_b")] + [hps.get(k) for k in NAMES]\n'
+        '    return a, b, [hps[f"prefix_{s}"] for s in ("x", "y")]\n'
+        "def g(other):\n"
+        '    return other.not_hps, other["nor_this"], other.get("nor_that")\n')
+    reads = hparam_reads([source])
+    assert {"attr", "subscript", "get", "getattr", "loop_a", "loop_b", "in_module_tuple", "prefix_x",
+            "prefix_y"} <= reads
+    assert not {"not_hps", "nor_this", "nor_that"} & reads
+
+
+def test_every_default_key_is_read_or_compat_only():
+    unaccounted = _default_keys() - hparam_reads(_code_files()) - COMPAT_ONLY_KEYS.keys()
+    assert not unaccounted, (f"DEFAULTS keys read nowhere: {sorted(unaccounted)}; read them or add them to "
+                             "COMPAT_ONLY_KEYS in jukebox/hparams.py with the reason")
+
+
+def test_compat_only_keys_are_defaults_that_nothing_reads():
+    assert COMPAT_ONLY_KEYS.keys() <= _default_keys()
+    read = COMPAT_ONLY_KEYS.keys() & hparam_reads(_code_files())
+    assert not read, f"{sorted(read)} are read now: remove them from COMPAT_ONLY_KEYS"
+    assert all(reason.strip() and "\n" not in reason for reason in COMPAT_ONLY_KEYS.values())
+
+
+# --- setting a compat-only key warns -------------------------------------------------------------------
+def _other_value(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    return 1  # None
+
+
+@pytest.mark.parametrize("key", sorted(COMPAT_ONLY_KEYS))
+def test_compat_only_key_set_away_from_default_warns_once_naming_it(key):
+    value = _other_value(setup_hparams("", {})[key])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hps = setup_hparams("small_vqvae", {key: value})
+    assert hps[key] == value  # still accepted and kept, as in the original
+    assert len(caught) == 1 and issubclass(caught[0].category, CompatOnlyHparamWarning)
+    message = str(caught[0].message)
+    assert f"{key}=" in message and COMPAT_ONLY_KEYS[key] in message and "\n" not in message
+
+
+def test_compat_only_keys_at_their_defaults_do_not_warn():
+    defaults = {key: setup_hparams("", {})[key] for key in COMPAT_ONLY_KEYS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup_hparams("small_vqvae", defaults)
+        setup_hparams("small_vqvae,cpu_ema", dict(ema_fused=True))  # back to the default: no effect to explain
+
+
+def test_shipped_sets_and_readme_combinations_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in HPARAMS_REGISTRY:
+            setup_hparams(name, {})
+        for sets in ("small_vqvae,small_prior,all_fp16,cpu_ema", "small_vqvae,small_upsampler,all_fp16,cpu_ema",
+                     "vqvae,small_prior,all_fp16,cpu_ema"):
+            setup_hparams(sets, dict(bs=4, sample_length=262144, train=True, prior=True))
+
+
+def test_own_set_that_sets_a_compat_only_key_warns():
+    HPARAMS_REGISTRY["my_fp16_set_for_test"] = Hyperparams(fp16=True, fp16_opt=True)
+    try:
+        with pytest.warns(CompatOnlyHparamWarning, match="fp16_opt=True .*'my_fp16_set_for_test'"):
+            setup_hparams("small_vqvae,my_fp16_set_for_test", {})
+        with pytest.warns(CompatOnlyHparamWarning, match="fp16_opt=True .*overrides"):  # shipped value, set by hand
+            setup_hparams("small_vqvae,all_fp16", dict(fp16_opt=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            setup_hparams("my_fp16_set_for_test", dict(fp16_opt=True))
+        assert [str(w.message).split(" has ")[0] for w in caught] == ["hyperparameter fp16_opt=True (from overrides)"]
+    finally:
+        del HPARAMS_REGISTRY["my_fp16_set_for_test"]
+
+
+def _train_commands(text):
+    """The flags of each `jukebox/train.py` command in ``text`` (backslash-continued lines joined)."""
+    for line in text.replace("\\\n", " ").splitlines():
+        if "jukebox/train.py" in line:
+            yield re.findall(r"--(\w+)", line.split("jukebox/train.py", 1)[1])
+
+
+def test_readme_and_script_training_commands_set_no_compat_only_key():
+    texts = [(REPO / "README.md").read_text(), *(p.read_text() for p in (REPO / "scripts").glob("*.sh"))]
+    commands = [flags for text in texts for flags in _train_commands(text)]
+    assert len(commands) >= 5
+    used = {flag for flags in commands for flag in flags} & COMPAT_ONLY_KEYS.keys()
+    assert not used
+
+
+def test_unknown_key_is_still_an_error_beside_compat_only_keys():
+    HPARAMS_REGISTRY["my_typo_set_for_test"] = Hyperparams(ema_fused=False, ema_fusd=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the error comes first, with no warning before it
+            with pytest.raises(UnknownHparamError, match="'ema_fusd'.*ema_fused"):
+                setup_hparams("my_typo_set_for_test", {})
+            with pytest.raises(UnknownHparamError, match="'fp16_opts'.*fp16_opt"):
+                setup_hparams("small_vqvae", dict(fp16_opt=True, fp16_opts=True))
+    finally:
+        del HPARAMS_REGISTRY["my_typo_set_for_test"]

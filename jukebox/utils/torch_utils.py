@@ -1,30 +1,14 @@
-"""Small helpers on modules, parameters and gradients shared by training and model building."""
+"""Small helpers on parameters and gradients for the training loop."""
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 
 __all__ = [
-    "freeze_model", "unfreeze_model", "zero_grad", "count_parameters", "count_state", "empty_cache",
-    "grad_norm", "scale_grads", "float16_params_to_float32", "params_checksum",
+    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "float16_params_to_float32", "params_checksum",
 ]
-
-
-def freeze_model(model: nn.Module) -> None:
-    """Put ``model`` in eval mode and stop gradients to all of its parameters."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-
-
-def unfreeze_model(model: nn.Module) -> None:
-    """Put ``model`` in train mode and let gradients reach all of its parameters."""
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
 
 
 def zero_grad(model: nn.Module) -> None:
@@ -36,18 +20,6 @@ def zero_grad(model: nn.Module) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameter elements."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def count_state(model: nn.Module) -> int:
-    """Number of elements in ``model.state_dict()`` (parameters and buffers)."""
-    return sum(t.numel() for t in model.state_dict().values())
-
-
-def empty_cache() -> None:
-    """Collect garbage and release cached accelerator memory where there is some."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _grads(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
