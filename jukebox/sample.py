@@ -19,6 +19,9 @@ Under ``mpiexec -n R`` every rank samples its own ``n_samples`` into ``{name}_ra
 Sampling is resumable: after every window the codes so far and the random state are saved to
 ``{name}/progress.pth.tar``; rerunning the same command after a crash or Ctrl-C continues from the last finished
 window and gives the same codes as an uninterrupted run. The file is removed when sampling completes.
+
+This module only turns the command line into arguments: the sampling run itself, for use from programs too, is
+``jukebox.inference.session.SamplingSession``; the inputs are read and checked in ``jukebox.inference.inputs``.
 """
 from __future__ import annotations
 

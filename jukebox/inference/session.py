@@ -252,6 +252,7 @@ class SamplingSession:
         alignments = get_alignment(None, zs, self.labels[self.top], top_prior, self.top, fp16, self._hps)
         return [torch.from_numpy(a).float() for a in alignments]
 
+    @torch.no_grad()
     def write_level(self, level: int, zs: Sequence[torch.Tensor],
                     alignments: Sequence[torch.Tensor] | None = None) -> None:
         """Decode ``zs[level:]`` and write ``{logdir}/level_{level}``: the wavs, data.pth.tar and html."""
