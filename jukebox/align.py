@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jukebox.utils.sample_utils import get_starts
+from jukebox.inference.schedule import get_starts
 
 __all__ = ["get_alignment", "can_align"]
 

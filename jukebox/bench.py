@@ -29,10 +29,10 @@ import torch
 from jukebox.hparams import setup_hparams
 from jukebox.inference import cpu_kernels
 from jukebox.inference.sampler import TokenSampler
+from jukebox.inference.schedule import plan_level
 from jukebox.make_models import make_prior, make_vqvae
 from jukebox.utils.cli import ArgumentParser, run_cli
 from jukebox.utils.dist_utils import print_once
-from jukebox.utils.sampling import plan_level
 from jukebox.vqvae.vqvae import calculate_hop_lengths
 
 __all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run", "project_song"]

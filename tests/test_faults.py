@@ -35,13 +35,13 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 import torch
 import test_sample_e2e
-from jukebox.utils import sampling
+from jukebox.inference import schedule
 
 test_sample_e2e._register(Path({root!r}))
 torch.set_num_threads(1)
 rank = os.environ.get("PMI_RANK", "0")
 Path(f"runner_{{rank}}.pid").write_text(str(os.getpid()))
-real = sampling.sample_window
+real = schedule.sample_window
 delay = float(os.environ.get("WINDOW_DELAY", "0"))
 
 def logged(zs, labels, kwargs, level, *args, **kw):
@@ -50,7 +50,7 @@ def logged(zs, labels, kwargs, level, *args, **kw):
         f.write(f"{{level}}\\n")
     return real(zs, labels, kwargs, level, *args, **kw)
 
-sampling.sample_window = logged
+schedule.sample_window = logged
 from jukebox.sample import main
 main()
 """

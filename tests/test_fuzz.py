@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import IDS_DIR
 from jukebox.data.labels import Labeller, get_relevant_lyric_tokens
-from jukebox.utils.sample_utils import get_starts
-from jukebox.utils.sampling import level_lengths, plan_level, sample_level
+from jukebox.inference.schedule import get_starts, level_lengths, plan_level, sample_level
 
 # derandomize: CI runs the same examples every time; a new failure shows up when the strategies change.
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -16,6 +16,7 @@ import torch
 from conftest import REPO
 from jukebox import align, make_models, sample
 from jukebox.hparams import Hyperparams, setup_hparams
+from jukebox.inference.session import ProgressFile
 from jukebox.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jukebox.utils.transformers_format import load_transformers_state_dict
 
@@ -84,7 +85,7 @@ def _codes_file(path, tmp_path):
 
 def _progress_file(path, tmp_path):
     os.replace(path, tmp_path / "progress.pth.tar")
-    sample._Progress(str(tmp_path), {}).read()
+    ProgressFile(str(tmp_path), {}).read()
 
 
 def _align_data_file(path, tmp_path):
@@ -169,15 +170,15 @@ def test_saved_checkpoints_load_weights_only_without_extra_globals(tmp_path):
 
 
 def test_progress_files_load_weights_only(tmp_path):
-    progress = sample._Progress(str(tmp_path), dict(model="m", n_samples=2))
-    progress.alignments = [torch.rand(3, 4)]
+    progress = ProgressFile(str(tmp_path), dict(model="m", n_samples=2))
+    alignments = [torch.rand(3, 4)]
     zs = [torch.randint(0, 16, (2, 5)), torch.zeros(2, 0, dtype=torch.long)]
-    progress.write(zs, level=1, windows_done=2, seed=11)
+    progress.write(zs, level=1, windows_done=2, seed=11, alignments=alignments)
     assert _has_only_safe_globals(tmp_path / "progress.pth.tar")
     state = torch.load(tmp_path / "progress.pth.tar", map_location="cpu", weights_only=True)
     assert state["windows_done"] == 2 and torch.equal(state["zs"][0], zs[0])
-    again = sample._Progress(str(tmp_path), dict(model="m", n_samples=2))
-    assert again.read()["seed"] == 11 and torch.equal(again.alignments[0], progress.alignments[0])
+    again = ProgressFile(str(tmp_path), dict(model="m", n_samples=2)).read()
+    assert again["seed"] == 11 and torch.equal(again["alignments"][0], alignments[0])
 
 
 def test_the_viewer_is_served_on_localhost_only():

@@ -16,7 +16,7 @@ import torch
 from conftest import DATA, IDS_DIR, REPO
 from jukebox import make_models, sample
 from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, setup_hparams
-from jukebox.utils import sampling
+from jukebox.inference import schedule
 from jukebox.utils.checkpoint import save_checkpoint
 from jukebox.utils.io import load_audio
 
@@ -123,7 +123,7 @@ def test_ancestral_outputs(ancestral):
 
 
 def test_interrupted_run_resumes_to_the_same_codes(workdir, ancestral, monkeypatch):
-    real = sampling.sample_window
+    real = schedule.sample_window
     calls = []
 
     def interrupt_after_five(*args, **kwargs):
@@ -132,7 +132,7 @@ def test_interrupted_run_resumes_to_the_same_codes(workdir, ancestral, monkeypat
         calls.append(args[3])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "sample_window", interrupt_after_five)
+    monkeypatch.setattr(schedule, "sample_window", interrupt_after_five)
     with pytest.raises(KeyboardInterrupt):
         _run(workdir, monkeypatch, name="resumed", seed=7)
     assert calls == [2, 2, 2, 1, 1]
@@ -141,7 +141,7 @@ def test_interrupted_run_resumes_to_the_same_codes(workdir, ancestral, monkeypat
     assert not (workdir / "resumed" / "level_1").exists()
 
     resumed_calls = []
-    monkeypatch.setattr(sampling, "sample_window", lambda *a, **k: resumed_calls.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(schedule, "sample_window", lambda *a, **k: resumed_calls.append(a[3]) or real(*a, **k))
     _run(workdir, monkeypatch, name="resumed")  # no --seed: the saved one is used
     assert resumed_calls == [1] * 5 + [0] * 15
     assert not (workdir / "resumed" / "progress.pth.tar").exists()

@@ -1,47 +1,16 @@
-"""Sampling helpers against reference/fixtures/utils.pt."""
+"""The prior's token-sampling helpers against reference/fixtures/utils.pt."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import load_fixture
-from jukebox.utils.sample_utils import filter_logits, get_split_chunks, get_starts, roll, split_batch
+from jukebox.utils.sample_utils import filter_logits, get_split_chunks, roll
 
 
 @pytest.fixture(scope="module")
 def ref():
     return load_fixture("utils")
-
-
-def test_get_starts(ref):
-    for case in ref["get_starts"]:
-        assert get_starts(case["total_length"], case["n_ctx"], case["hop_length"]) == case["starts"], case
-
-
-def test_get_starts_rejects_short_total():
-    with pytest.raises(ValueError, match="partial window"):
-        get_starts(100, 256, 128)
-
-
-def test_split_batch(ref):
-    for case in ref["split_batch"]:
-        n, size = case["n_samples"], case["split_size"]
-        x = torch.arange(n * 3).view(n, 3)
-        parts = split_batch(x, n, size)
-        assert len(parts) == len(case["tensor_parts"])
-        for got, want in zip(parts, case["tensor_parts"]):
-            assert torch.equal(got, want)
-        parts = split_batch([x, x * 10], n, size)
-        assert len(parts) == len(case["list_parts"])
-        for got, want in zip(parts, case["list_parts"]):
-            assert len(got) == len(want) == 2
-            assert all(torch.equal(g, w) for g, w in zip(got, want))
-        assert split_batch(None, n, size) == [None] * case["none_parts_len"]
-
-
-def test_split_batch_rejects_other_types():
-    with pytest.raises(TypeError, match="tensor, a list of tensors or None"):
-        split_batch((torch.zeros(2),), 2, 1)
 
 
 def test_split_chunks(ref):

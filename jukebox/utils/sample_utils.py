@@ -1,40 +1,11 @@
-"""Small helpers of the sampling loop: windows, batch splits, priming chunks, logit filtering."""
+"""Small helpers of the prior's token sampling: priming chunks, logit filtering, time shifts.
+
+The window and batch helpers of the level schedule live in ``jukebox.inference.schedule``.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def get_starts(total_length: int, n_ctx: int, hop_length: int) -> list[int]:
-    """Start of every n_ctx window over total_length tokens, hopping by hop_length.
-
-    Starts step by hop_length from 0; a window that would reach or pass the end is moved back to
-    total_length - n_ctx, so the last window always has a full context.
-    """
-    if hop_length <= 0:
-        raise ValueError(f"hop_length must be positive, got {hop_length}")
-    if total_length < n_ctx:
-        raise ValueError(
-            f"total_length {total_length} is shorter than the context {n_ctx}: sample it as one partial window"
-        )
-    return [min(start, total_length - n_ctx) for start in range(0, total_length - n_ctx + hop_length, hop_length)]
-
-
-def split_batch(obj, n_samples: int, split_size: int):
-    """Split a batch into passes of at most split_size items.
-
-    obj: a tensor (N, ...) -> tuple of tensors; a list of tensors (each (N, ...)) -> list of per-pass tuples;
-    None -> [None] * number of passes.
-    """
-    if split_size <= 0:
-        raise ValueError(f"split_size must be positive, got {split_size}")
-    if obj is None:
-        return [None] * -(-n_samples // split_size)
-    if isinstance(obj, torch.Tensor):
-        return torch.split(obj, split_size, dim=0)
-    if isinstance(obj, list):
-        return list(zip(*[torch.split(item, split_size, dim=0) for item in obj]))
-    raise TypeError(f"split_batch takes a tensor, a list of tensors or None, got {type(obj).__name__}")
 
 
 def get_split_chunks(length: int, chunk_size: int | None) -> list[int]:

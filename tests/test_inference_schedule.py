@@ -1,4 +1,5 @@
-"""The level/window schedule of sampling against the original sample.py (reference utils.pt `window_schedules`).
+"""The level/window schedule of sampling against the original sample.py (reference utils.pt `window_schedules`,
+`get_starts`, `split_batch`).
 
 The stand-in priors follow the original's get_y / get_z_conds and record every sample() call, as the
 reference generator's stand-ins did; the recorded calls must equal the reference exactly.
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import load_fixture
-from jukebox.utils.sampling import plan_level, sample_levels
+from jukebox.inference.schedule import get_starts, plan_level, sample_levels, split_batch
 
 
 class RecordingPrior:
@@ -106,3 +107,34 @@ def test_resume_skips_finished_windows_and_levels():
                   scenario["hop_fraction"], resume=(1, 2), after_window=lambda l, i, _: seen.append((l, i)))
     assert calls == full_calls[1 + 2:]
     assert seen[:2] == [(1, 3), (1, 4)] and seen[-1] == (0, 19)
+
+
+def test_get_starts():
+    for case in load_fixture("utils")["get_starts"]:
+        assert get_starts(case["total_length"], case["n_ctx"], case["hop_length"]) == case["starts"], case
+
+
+def test_get_starts_rejects_short_total():
+    with pytest.raises(ValueError, match="partial window"):
+        get_starts(100, 256, 128)
+
+
+def test_split_batch():
+    for case in load_fixture("utils")["split_batch"]:
+        n, size = case["n_samples"], case["split_size"]
+        x = torch.arange(n * 3).view(n, 3)
+        parts = split_batch(x, n, size)
+        assert len(parts) == len(case["tensor_parts"])
+        for got, want in zip(parts, case["tensor_parts"]):
+            assert torch.equal(got, want)
+        parts = split_batch([x, x * 10], n, size)
+        assert len(parts) == len(case["list_parts"])
+        for got, want in zip(parts, case["list_parts"]):
+            assert len(got) == len(want) == 2
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert split_batch(None, n, size) == [None] * case["none_parts_len"]
+
+
+def test_split_batch_rejects_other_types():
+    with pytest.raises(TypeError, match="tensor, a list of tensors or None"):
+        split_batch((torch.zeros(2),), 2, 1)

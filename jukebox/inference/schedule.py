@@ -8,7 +8,8 @@ shorter than one context is sampled as one partial window from the start. The ba
 most ``max_batch_size`` samples.
 
 The functions here only need priors exposing ``n_ctx``, ``raw_to_tokens``, ``get_y``, ``get_z_conds`` and
-``sample``, so they are tested with stand-in priors against the original's recorded schedule.
+``sample``, so they are tested with stand-in priors against the original's recorded schedule. Hooks called after
+every window and every level let a caller (``jukebox.inference.session``) save progress and outputs.
 """
 from __future__ import annotations
 
@@ -20,14 +21,46 @@ import torch
 from tqdm import tqdm
 
 from jukebox.utils.dist_utils import get_rank, print_once
-from jukebox.utils.sample_utils import get_starts, split_batch
 
-__all__ = ["plan_level", "sample_window", "sample_level", "sample_levels", "level_lengths", "on_device"]
+__all__ = ["get_starts", "split_batch", "plan_level", "sample_window", "sample_level", "sample_levels",
+           "level_lengths", "on_device", "WindowHook", "LevelHook"]
 
 # Called after every finished window with (level, windows done on this level, zs).
 WindowHook = Callable[[int, int, list], None]
 # Called after every finished level with (level, zs, prior in use).
 LevelHook = Callable[[int, list, Any], None]
+
+
+def get_starts(total_length: int, n_ctx: int, hop_length: int) -> list[int]:
+    """Start of every n_ctx window over total_length tokens, hopping by hop_length.
+
+    Starts step by hop_length from 0; a window that would reach or pass the end is moved back to
+    total_length - n_ctx, so the last window always has a full context.
+    """
+    if hop_length <= 0:
+        raise ValueError(f"hop_length must be positive, got {hop_length}")
+    if total_length < n_ctx:
+        raise ValueError(
+            f"total_length {total_length} is shorter than the context {n_ctx}: sample it as one partial window"
+        )
+    return [min(start, total_length - n_ctx) for start in range(0, total_length - n_ctx + hop_length, hop_length)]
+
+
+def split_batch(obj: torch.Tensor | list[torch.Tensor] | None, n_samples: int, split_size: int) -> Sequence[Any]:
+    """Split a batch into passes of at most split_size items.
+
+    obj: a tensor (N, ...) -> tuple of tensors; a list of tensors (each (N, ...)) -> list of per-pass tuples;
+    None -> [None] * number of passes.
+    """
+    if split_size <= 0:
+        raise ValueError(f"split_size must be positive, got {split_size}")
+    if obj is None:
+        return [None] * -(-n_samples // split_size)
+    if isinstance(obj, torch.Tensor):
+        return torch.split(obj, split_size, dim=0)
+    if isinstance(obj, list):
+        return list(zip(*[torch.split(item, split_size, dim=0) for item in obj]))
+    raise TypeError(f"split_batch takes a tensor, a list of tensors or None, got {type(obj).__name__}")
 
 
 def level_lengths(prior: Any, sample_length: int, hop_fraction: Sequence[float], level: int) -> tuple[int, int]:
