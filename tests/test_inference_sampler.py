@@ -1,11 +1,11 @@
-"""The prior's token-sampling helpers against reference/fixtures/utils.pt."""
+"""The token sampler's helpers (priming chunks, logit filtering) against reference/fixtures/utils.pt."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import load_fixture
-from jukebox.utils.sample_utils import filter_logits, get_split_chunks, roll
+from jukebox.inference.sampler import filter_logits, get_split_chunks
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,3 @@ def test_filter_logits_ties_and_threshold():
     assert torch.equal(custom, torch.tensor([[2.0, -1e4, -1e4, -1e4]]))
     with pytest.raises(ValueError, match="not both"):
         filter_logits(logits, top_k=1, top_p=0.5)
-
-
-def test_roll(ref):
-    case = ref["roll"]
-    assert torch.equal(roll(case["x"], case["n"]), case["out"])
