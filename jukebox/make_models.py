@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from jukebox.data.labels import EmptyLabeller, Labeller
 from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.utils.checkpoint import (
     CheckpointError,
@@ -28,8 +29,8 @@ from jukebox.utils.transformers_format import (
 from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
 
 __all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
-           "restore_model", "make_vqvae", "make_prior", "MODELS", "LazyPrior", "make_model", "model_sets",
-           "model_sample_rate"]
+           "restore_model", "make_vqvae", "make_prior", "make_labeller", "MODELS", "LazyPrior", "make_model",
+           "model_sets", "model_sample_rate"]
 
 # Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
 # Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
@@ -225,6 +226,16 @@ def _retie(module: nn.Module, groups: list[list[str]]) -> None:
             setattr(module.get_submodule(owner), leaf, param)
 
 
+def make_labeller(prior: nn.Module, ids_dir: str | os.PathLike | None = None) -> Labeller | EmptyLabeller:
+    """The labeller of ``prior`` (a ``SimplePrior``): its label vectors, lyric windows and artist/genre ids.
+    Reads the id tables from ``ids_dir`` (default: ``$JUKEBOX_IDS_DIR``, else the cache, where the released
+    ones are downloaded to the first time)."""
+    if not prior.y_cond:
+        return EmptyLabeller()
+    return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
+                    ids_dir=ids_dir)
+
+
 class LazyPrior:
     """A prior that holds no weights until its level runs.
 
@@ -232,7 +243,7 @@ class LazyPrior:
     (``n_ctx``, ``raw_to_tokens``, ``labeller``, ``get_y``, ``get_z_conds``, ...; attribute access is forwarded to
     the module). ``load(device)`` reads ``hps.restore_prior`` and assigns its tensors into the module as they come
     (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
-    ``unload()`` returns it to shapes only.
+    ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use.
     """
 
     def __init__(self, hps: Hyperparams, vqvae: VQVAE) -> None:
@@ -240,6 +251,7 @@ class LazyPrior:
         self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta")
         self.tied = _tied_groups(self.module)
         self.device: torch.device | None = None
+        self.ids_dir: str | os.PathLike | None = None
 
     def __getattr__(self, name: str) -> Any:
         if name == "module":  # not set yet (during unpickling or a failed __init__)
@@ -247,10 +259,16 @@ class LazyPrior:
         return getattr(self.module, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("hps", "vqvae", "module", "tied", "device"):
+        if name in ("hps", "vqvae", "module", "tied", "device", "ids_dir"):
             object.__setattr__(self, name, value)
-        else:  # e.g. ids_dir, alignment_layer: they belong to the module
+        else:  # e.g. labeller, alignment_layer: they belong to the module
             setattr(self.module, name, value)
+
+    @property
+    def labeller(self) -> Labeller | EmptyLabeller:
+        if self.module.labeller is None:
+            self.module.labeller = make_labeller(self.module, self.ids_dir)
+        return self.module.labeller
 
     @property
     def loaded(self) -> bool:
@@ -264,10 +282,11 @@ class LazyPrior:
         if not self.hps.restore_prior:
             print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
             fresh = make_prior(self.hps, self.vqvae, "cpu")
-            fresh.ids_dir = self.module.ids_dir
+            fresh.labeller = self.module.labeller
             object.__setattr__(self, "module", fresh)
         else:
             self._assign(_read_weights(self.hps.restore_prior, self.module))
+        self.module.labeller = self.labeller  # a loaded prior samples, and sampling needs its labeller
         self.module.to(device)
         self.device = device
         return self.module

@@ -7,7 +7,7 @@ import pytest
 from conftest import IDS_DIR, load_fixture
 from jukebox.align import can_align, get_alignment
 from jukebox.hparams import Hyperparams
-from jukebox.make_models import make_prior, make_vqvae
+from jukebox.make_models import make_labeller, make_prior, make_vqvae
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def prior():
     vqvae.load_state_dict(vq["state_dict"])
     prior = make_prior(Hyperparams(model["hps"]), vqvae, "cpu")
     prior.load_state_dict(model["state_dict"])
-    prior.ids_dir = IDS_DIR
+    prior.labeller = make_labeller(prior, IDS_DIR)
     return prior
 
 

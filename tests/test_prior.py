@@ -9,7 +9,7 @@ import torch
 from conftest import IDS_DIR, load_fixture
 from jukebox.data.labels import EmptyLabeller, Labeller
 from jukebox.hparams import Hyperparams
-from jukebox.make_models import make_prior, make_vqvae
+from jukebox.make_models import make_labeller, make_prior, make_vqvae
 from jukebox.prior.conditioners import RangeEmbedding
 
 LOGITS_ATOL = 1e-4
@@ -207,22 +207,21 @@ def test_sampling_returns_prefix_and_step_logits(case):
     _close(preds[:, prefix.shape[1]:prefix.shape[1] + 1], run["step_logits"][:, :1], LOGITS_ATOL)
 
 
-def test_labeller_is_lazy(case, tmp_path):
+def test_labeller_is_built_outside_the_prior(case, tmp_path):
     _, prior = case
     if not prior.y_cond:
-        assert isinstance(prior.labeller, EmptyLabeller)
+        assert isinstance(prior.labeller, EmptyLabeller) and isinstance(make_labeller(prior), EmptyLabeller)
         assert prior.get_y(None, 0) is None
         return
-    assert prior._labeller is None  # building the prior read no id tables
-    prior.ids_dir = tmp_path
+    assert prior.labeller is None  # building the prior read no id tables
+    with pytest.raises(ValueError, match="make_labeller"):
+        prior.get_y(dict(y=torch.zeros(1, 4 + prior.y_emb.max_bow_genre_size + prior.n_tokens, dtype=torch.long),
+                         info=[{}]), 0)
     with pytest.raises(FileNotFoundError):
-        _ = prior.labeller
-    prior.ids_dir = IDS_DIR
-    try:
-        assert isinstance(prior.labeller, Labeller)
-        assert prior.labeller.label_shape == (4 + prior.y_emb.max_bow_genre_size + prior.n_tokens,)
-    finally:
-        prior._labeller, prior.ids_dir = None, None
+        make_labeller(prior, tmp_path)
+    labeller = make_labeller(prior, IDS_DIR)
+    assert isinstance(labeller, Labeller)
+    assert labeller.label_shape == (4 + prior.y_emb.max_bow_genre_size + prior.n_tokens,)
 
 
 def test_get_y_and_z_conds(case):
@@ -232,7 +231,7 @@ def test_get_y_and_z_conds(case):
     if y is None:
         assert prior.get_y(None, 0) is None
     else:
-        prior.ids_dir = IDS_DIR
+        prior.labeller = make_labeller(prior, IDS_DIR)
         try:
             labels = dict(y=y.clone(), info=fixture["inputs"]["y_info"])
             rebuilt, indices = prior.get_y(labels, 0, get_indices=True)
@@ -243,7 +242,7 @@ def test_get_y_and_z_conds(case):
             assert torch.equal(shifted[:, 1], y[:, 1] + 5 * prior.raw_to_tokens)
             assert torch.equal(labels["y"], y)  # labels are not modified
         finally:
-            prior._labeller, prior.ids_dir = None, None
+            prior.labeller = None
     if prior.x_cond:
         zs = [None] * prior.level + [out["z"], *out["z_conds"]]  # indexed by level, as in sampling
         assert torch.equal(prior.get_z_conds(zs, 0, prior.n_ctx)[0], out["z_conds"][0])

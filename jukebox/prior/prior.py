@@ -12,7 +12,6 @@ conditioned on
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -118,24 +117,12 @@ class SimplePrior(nn.Module):
         self.raw_to_tokens = int(np.prod(self.downsamples[:level + 1]))
         self.sample_length = self.n_ctx * self.raw_to_tokens
         self.labels_v3 = labels_v3
-        self.ids_dir: str | os.PathLike | None = None  # where the artist/genre id tables are (None: default)
-        self._labeller: Labeller | EmptyLabeller | None = None if labels else EmptyLabeller()
+        # Built outside the model (jukebox.make_models.make_labeller reads the id tables) and set here.
+        self.labeller: Labeller | EmptyLabeller | None = None if labels else EmptyLabeller()
         print_once(f"Level:{level}, Cond downsample:{self.cond_downsample}, Raw to tokens:{self.raw_to_tokens}, "
                    f"Sample length:{self.sample_length}")
 
     # ------------------------------------------------------------------------------------------ labels
-    @property
-    def labeller(self) -> Labeller | EmptyLabeller:
-        """Made on first use, so that building a prior never reads id tables (see ``ids_dir``)."""
-        if self._labeller is None:
-            self._labeller = Labeller(self.y_emb.max_bow_genre_size, self.n_tokens, self.sample_length,
-                                      v3=self.labels_v3, ids_dir=self.ids_dir)
-        return self._labeller
-
-    @labeller.setter
-    def labeller(self, labeller: Labeller | EmptyLabeller) -> None:
-        self._labeller = labeller
-
     def get_y_and_indices(self, labels: dict | None, start: int
                           ) -> tuple[torch.Tensor | None, list[list[int]] | None]:
         """y of the window starting at token ``start`` of this level (sample_length, offset and lyric tokens
@@ -146,6 +133,9 @@ class SimplePrior(nn.Module):
         y = labels["y"].clone()
         y[:, 2] = int(self.sample_length)
         y[:, 1:2] = y[:, 1:2] + int(start * self.raw_to_tokens)
+        if self.labeller is None:
+            raise ValueError("this labelled prior has no labeller: set prior.labeller = "
+                             "jukebox.make_models.make_labeller(prior) (it reads the artist/genre id tables)")
         indices = self.labeller.set_y_lyric_tokens(y, labels)
         return y, indices
 
