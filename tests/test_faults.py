@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from conftest import IDS_DIR, REPO
+from helpers.tiny_model import COMMON, SR, TOKENS, tiny_model
 from jukebox import sample
 from jukebox.utils import checkpoint
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
-from tiny_model import COMMON, SR, TOKENS, tiny_model
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from conftest import MANIFESTS, REPO
-from helpers_hparams_reads import hparam_reads
+from helpers.hparams_reads import hparam_reads
 from jukebox.hparams import (
     COMPAT_ONLY_KEYS,
     DEFAULTS,

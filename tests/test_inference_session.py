@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import IDS_DIR
+from helpers.tiny_model import MODEL, SR, TOKENS, tiny_model
 from jukebox.hparams import Hyperparams
 from jukebox.inference import schedule
 from jukebox.inference.inputs import default_sampling_kwargs, make_metas
 from jukebox.inference.session import ProgressFile, SamplingOptions, SamplingSession
 from jukebox.make_models import make_model
-from tiny_model import MODEL, SR, TOKENS, tiny_model
 
 PROGRESS_KEYS = {"settings", "seed", "zs", "level", "windows_done", "rng", "cuda_rng", "alignments"}
 SETTINGS_KEYS = {"model", "mode", "levels", "n_samples", "sample_length", "hop_fraction", "codes_file", "audio_file",

@@ -14,33 +14,15 @@ import pytest
 import torch
 
 from conftest import DATA, IDS_DIR, REPO
+from helpers.tiny_model import COMMON, SR, TOKENS, tiny_model
 from jukebox import make_models, sample
-from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, setup_hparams
+from jukebox.hparams import setup_hparams
 from jukebox.inference import schedule
 from jukebox.utils.checkpoint import save_checkpoint
 from jukebox.utils.io import load_audio
 
 pytestmark = pytest.mark.slow
 
-SR = 2048
-# hop lengths 4/8/16 samples; 0.25 s = 512 samples = 128/64/32 tokens, n_ctx 16 -> 15/7/3 windows at hop 0.5
-TINY = dict(
-    tiny_vqvae=dict(sr=SR, levels=3, downs_t=(2, 1, 1), strides_t=(2, 2, 2), emb_width=8, l_bins=16, width=8,
-                    depth=1, m_conv=1.0, dilation_growth_rate=3, commit=0.02, loss_fn="l2"),
-    tiny_upsampler_0=dict(sr=SR, level=0, n_ctx=16, prior_width=16, prior_depth=2, heads=1, attn_order=2, blocks=4,
-                          labels=True, y_bins=(120, 4111), max_bow_genre_size=5, cond_width=8, cond_depth=2,
-                          cond_dilation_growth_rate=3, cond_c_res=1),
-    tiny_upsampler_1=dict(sr=SR, level=1, n_ctx=16, prior_width=16, prior_depth=2, heads=1, attn_order=2, blocks=4,
-                          labels=True, y_bins=(120, 4111), max_bow_genre_size=5, cond_width=8, cond_depth=2,
-                          cond_dilation_growth_rate=3, cond_c_res=1, cond_res_scale=True),
-    tiny_lyrics_prior=dict(sr=SR, level=2, n_ctx=16, prior_width=16, prior_depth=16, heads=2, attn_order=12, blocks=4,
-                           labels=True, labels_v3=True, y_bins=(604, 7898), t_bins=16, max_bow_genre_size=1,
-                           min_duration=1.0, max_duration=10.0, use_tokens=True, n_tokens=8, n_vocab=79,
-                           prime_loss_fraction=0.4, single_enc_dec=True, alignment_layer=15, alignment_head=1),
-)
-COMMON = dict(model="tiny_test", levels=3, sample_length_in_seconds=0.25, total_sample_length_in_seconds=2, sr=SR,
-              n_samples=2, hop_fraction=(0.5, 0.5, 0.5), fp16=False, ids_dir=str(IDS_DIR))
-TOKENS = [128, 64, 32]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,24 +39,9 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def _register(checkpoints: Path) -> None:
-    for name, values in TINY.items():
-        key = "restore_vqvae" if name == "tiny_vqvae" else "restore_prior"
-        HPARAMS_REGISTRY[name] = Hyperparams(values, **{key: str(checkpoints / f"{name}.pth.tar")})
-    make_models.MODELS["tiny_test"] = ("tiny_vqvae", "tiny_upsampler_0", "tiny_upsampler_1", "tiny_lyrics_prior")
-
-
-def _unregister() -> None:
-    for name in TINY:
-        HPARAMS_REGISTRY.pop(name, None)
-    make_models.MODELS.pop("tiny_test", None)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Checkpoints of the tiny model (random weights) and the registry entries pointing at them."""
-    from tiny_model import tiny_model  # imports this module; deferred to avoid a circular import
-
     with tiny_model(tmp_path_factory.mktemp("sample_e2e")) as root:
         yield root
 
@@ -215,25 +182,14 @@ def test_bad_arguments_are_explained(workdir, monkeypatch):
         _run(workdir, monkeypatch, name="bad", sample_length_in_seconds=0.05)
 
 
-RUNNER = """
-import sys
-sys.path.insert(0, {tests!r})
-import test_sample_e2e as t
-from pathlib import Path
-t._register(Path({root!r}))
-import fire
-from jukebox.sample import run
-fire.Fire(run)
-"""
 
 
 def test_cli_under_mpiexec_writes_one_folder_per_rank(workdir):
     mpiexec = Path(sys.executable).parent / "mpiexec"
     if not mpiexec.exists():
         pytest.skip("mpiexec is not installed in this environment")
-    runner = workdir / "runner.py"
-    runner.write_text(RUNNER.format(tests=str(REPO / "tests"), root=str(workdir)))
-    cmd = [str(mpiexec), "-n", "2", sys.executable, str(runner), "--model=tiny_test", "--name=mpi", "--levels=3",
+    cmd = [str(mpiexec), "-n", "2", sys.executable, str(REPO / "tests" / "helpers" / "tiny_sample.py"), str(workdir),
+           "--model=tiny_test", "--name=mpi", "--levels=3",
            "--sample_length_in_seconds=0.25", "--total_sample_length_in_seconds=2", f"--sr={SR}", "--n_samples=1",
            "--hop_fraction=0.5,0.5,0.5", "--fp16=False", f"--ids_dir={IDS_DIR}", "--seed=5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
