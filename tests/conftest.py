@@ -17,6 +17,7 @@ REFERENCE = TESTS / "reference"
 FIXTURES = REFERENCE / "fixtures"
 MANIFESTS = REFERENCE / "manifests"
 DATA = TESTS / "data"
+HELPERS = TESTS / "helpers"
 # Made-up tables in the released format (tests/data/README.md): for tests that need some tables, not OpenAI's.
 IDS_DIR = DATA / "ids"
 

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from conftest import IDS_DIR
+from helpers.hostile_files import craft
 from helpers.tiny_model import COMMON, SR, TINY, tiny_model
 from jukebox import make_models, sample
 from jukebox.data.files_dataset import AudioFileSkipped, FilesAudioDataset
@@ -21,7 +22,6 @@ from jukebox.data.labels import Labeller, get_relevant_lyric_tokens
 from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, UnknownHparamError, setup_hparams
 from jukebox.utils.checkpoint import CheckpointError, load_state_dict_checked, save_checkpoint
 from jukebox.vqvae.vqvae import VQVAE
-from test_safety import craft
 
 
 @pytest.fixture(scope="module")

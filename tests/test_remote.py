@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HELPERS
 from jukebox.utils import remote
 from jukebox.utils.remote import DownloadError, cache_dir, cache_path, download, mirror_urls, resolve_path
 
@@ -223,13 +224,6 @@ def test_resolve_path_local(tmp_path):
         resolve_path(tmp_path / "nope.pth.tar")
 
 
-_RANK_SCRIPT = """
-import sys
-from jukebox.utils.dist_utils import setup_dist_from_mpi
-from jukebox.utils.remote import resolve_path
-setup_dist_from_mpi()
-print(resolve_path(sys.argv[1]))
-"""
 
 
 @pytest.mark.slow
@@ -243,8 +237,8 @@ def test_distributed_only_local_rank_zero_downloads(server, tmp_path):
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, server.url + "/m/prior.pth.tar"],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd = [sys.executable, str(HELPERS / "resolve_on_rank.py"), server.url + "/m/prior.pth.tar"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     paths = {out.strip().splitlines()[-1] for out, _ in outs}

@@ -8,12 +8,12 @@ import os
 import pathlib
 import pickle
 import re
-import shlex
 
 import pytest
 import torch
 
 from conftest import REPO
+from helpers.hostile_files import CRAFTS, craft
 from jukebox import align, make_models, sample
 from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.inference.session import ProgressFile
@@ -24,38 +24,8 @@ VQ = dict(sample_length=64, levels=1, downs_t=(1,), strides_t=(2,), width=8, dep
 PRIOR = dict(VQ, level=0, n_ctx=8, prior_width=16, prior_depth=1, heads=1, labels=False)
 
 
-class _RunsCode:
-    """Unpickles by calling ``call[0](*call[1])``: what a hostile checkpoint does."""
-
-    def __init__(self, call: tuple) -> None:
-        self.call = call
-
-    def __reduce__(self) -> tuple:
-        return self.call
-
-
 # torch warns that it did not write protocol-5 pickles itself; that is the point here
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-
-CRAFTS = ["touch_zip", "system_legacy_torch", "system_pickle2", "touch_pickle5"]
-
-
-def craft(path: pathlib.Path, marker: pathlib.Path, how: str) -> pathlib.Path:
-    """Write a file that creates ``marker`` when unpickled; it also looks like a checkpoint and a data.pth.tar."""
-    touch = _RunsCode((pathlib.Path.touch, (marker,)))
-    system = _RunsCode((os.system, (f"touch {shlex.quote(str(marker))}",)))
-    payload = touch if how.startswith("touch") else system
-    state = {"model": {"w": payload}, "zs": [payload], "step": 0, "settings": "{}"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if how == "touch_zip":
-        torch.save(state, path)
-    elif how == "system_legacy_torch":
-        torch.save(state, path, _use_new_zipfile_serialization=False)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(state, f, protocol=2 if how == "system_pickle2" else 5)
-    return path
-
 
 @pytest.mark.parametrize("how", CRAFTS)
 def test_crafted_files_do_run_code_when_loaded_unsafely(tmp_path, how):
