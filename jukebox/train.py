@@ -58,6 +58,7 @@ from jukebox.utils.logger import init_logging, make_logdir
 from jukebox.utils.torch_utils import grad_norm, params_checksum, scale_grads, zero_grad
 from jukebox.vqvae.losses import make_vqvae_loss
 
+# The training parts live in jukebox/training; these names are importable from here too.
 __all__ = ["lr_multiplier", "make_optimizer", "make_ema", "make_ddp", "plain_hps", "Trainer", "main", "run"]
 
 

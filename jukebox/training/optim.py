@@ -50,7 +50,7 @@ class Optimiser(NamedTuple):
         return {"opt": self.opt.state_dict(), "shd": self.shd.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
 
-    def load_state_dict(self, checkpoint: Mapping[str, Any], hps: Mapping[str, Any], step: int) -> None:
+    def resume(self, checkpoint: Mapping[str, Any], hps: Mapping[str, Any], step: int) -> None:
         """Continue from the entries of ``checkpoint``: the optimiser and scaler state (unless
         ``hps.reset_opt``) and the schedule's position (its saved one, else ``step``; 0 with
         ``hps.reset_shd``). The optimiser and schedule hparams in ``hps`` apply from here on, so that

@@ -118,7 +118,7 @@ class TrainingState:
             self.step = int(checkpoint.get("step", 0) or 0)
             if hps.curr_epoch < 0:
                 self.epoch = int(checkpoint.get("epoch", 0) or 0)
-        self.optimiser.load_state_dict(checkpoint, hps, self.step)
+        self.optimiser.resume(checkpoint, hps, self.step)
         print_once(f"Resuming at step {self.step}, epoch {self.epoch}, lr {self.optimiser.lr:.3g}")
 
     @torch.no_grad()
