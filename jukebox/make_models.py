@@ -29,8 +29,8 @@ from jukebox.utils.transformers_format import (
 from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
 
 __all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
-           "restore_model", "make_vqvae", "make_prior", "make_labeller", "MODELS", "LazyPrior", "make_model",
-           "model_sets", "model_sample_rate"]
+           "read_checkpoint", "restore_model", "make_vqvae", "make_prior", "make_labeller", "MODELS", "LazyPrior",
+           "make_model", "model_sets", "model_sample_rate"]
 
 # Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
 # Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
@@ -55,20 +55,33 @@ def resolve_checkpoint_path(path: str) -> str:
     return resolve_path(path)
 
 
-def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str) -> None:
-    """Load ``checkpoint_path`` into ``model``: a local path, or an ``http(s)://`` URL downloaded once
-    into the cache by ``jukebox.utils.remote``; '' loads nothing.
+def _is_transformers_folder_or_file(path: str) -> bool:
+    """Whether local ``path`` is a transformers-format ``save_pretrained`` folder or ``.safetensors`` file."""
+    return os.path.isdir(path) or path.endswith(".safetensors")
 
+
+def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
+    """The contents of ``checkpoint_path`` (a local path, or an ``http(s)://`` URL downloaded once into the
+    cache by ``jukebox.utils.remote``): a checkpoint dict, or the flat state_dict of a transformers-format
+    folder or ``.safetensors`` file."""
+    path = resolve_checkpoint_path(checkpoint_path)
+    if _is_transformers_folder_or_file(path):
+        return load_transformers_state_dict(path)
+    return load_checkpoint(path)
+
+
+def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str,
+                  checkpoint: Mapping[str, Any] | None = None) -> None:
+    """Load ``checkpoint_path`` into ``model`` (see :func:`read_checkpoint`); '' loads nothing.
+
+    ``checkpoint``: its contents when the caller has read them already, so that the file is read once.
     Sets ``model.step`` to the checkpoint's step (0 without one).
     """
     model.step = 0
     if not checkpoint_path:
         return
-    path = resolve_checkpoint_path(checkpoint_path)
-    if os.path.isdir(path) or path.endswith(".safetensors"):
-        checkpoint = load_transformers_state_dict(path)
-    else:
-        checkpoint = load_checkpoint(path)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(checkpoint_path)
     if isinstance(model, VQVAE):
         _check_vqvae_sample_rate(checkpoint, checkpoint_path, hps.sr)
     state_dict = checkpoint.get("model", checkpoint)
@@ -86,8 +99,10 @@ def _check_vqvae_sample_rate(checkpoint: Mapping[str, Any], path: str, sr: int) 
                               f"--sr={int(saved['sr'])}, or resample your audio set and train a VQ-VAE at {sr} Hz")
 
 
-def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu") -> VQVAE:
-    """The VQ-VAE of ``hps`` on ``device``, restored from ``hps.restore_vqvae`` if set.
+def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
+               checkpoint: Mapping[str, Any] | None = None) -> VQVAE:
+    """The VQ-VAE of ``hps`` on ``device``, restored from ``hps.restore_vqvae`` if set (``checkpoint``: its
+    contents when the caller has read them already with :func:`read_checkpoint`).
 
     Without ``hps.sample_length``, it is set (in ``hps``, as the original does) to
     ``sample_length_in_seconds * sr`` rounded down to a multiple of the top hop length. On the
@@ -109,11 +124,10 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu") -> VQVAE:
     with device:
         vqvae = VQVAE(input_shape=(hps.sample_length, 1), levels=hps.levels, downs_t=hps.downs_t,
                       strides_t=hps.strides_t, emb_width=hps.emb_width, l_bins=hps.l_bins, mu=hps.l_mu,
-                      commit=hps.commit, spectral=hps.spectral, multispectral=hps.multispectral,
                       multipliers=hps.hvqvae_multipliers, use_bottleneck=hps.use_bottleneck, **block_kwargs)
 
     if device.type != "meta":
-        restore_model(hps, vqvae, hps.restore_vqvae)
+        restore_model(hps, vqvae, hps.restore_vqvae, checkpoint)
     if hps.train and not hps.prior:
         if hps.restore_vqvae and device.type != "meta":
             for level, block in enumerate(vqvae.bottleneck.level_blocks):
@@ -125,14 +139,17 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu") -> VQVAE:
     return vqvae
 
 
-def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu") -> nn.Module:
+def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu",
+               checkpoint: Mapping[str, Any] | None = None) -> nn.Module:
     """The prior (or upsampler) of level ``hps.level`` on top of ``vqvae``, restored from
-    ``hps.restore_prior`` if set.
+    ``hps.restore_prior`` if set (``checkpoint``: its contents when the caller has read them already with
+    :func:`read_checkpoint`).
 
     Its windows are ``hps.n_ctx`` tokens; the other levels' code shapes scale with it. With
-    ``hps.fp16_params`` the transformer's linear weights are stored in float16. On the ``meta``
-    device (shapes only) nothing is allocated or restored. Eval mode with frozen parameters
-    unless ``hps.train``.
+    ``hps.fp16_params`` the transformer's linear weights are stored in float16, except when training
+    (``hps.train``): then all weights are float32 and the trainer writes those in float16 to its
+    checkpoints. On the ``meta`` device (shapes only) nothing is allocated or restored. Eval mode with
+    frozen parameters unless ``hps.train``.
     """
     from jukebox.prior.prior import SimplePrior
     from jukebox.transformer.ops import convert_conv_weights_to_fp16
@@ -180,11 +197,11 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
                             merged_decoder=hps.merged_decoder, single_enc_dec=hps.single_enc_dec)
     prior.alignment_head = hps.get("alignment_head", None)
     prior.alignment_layer = hps.get("alignment_layer", None)
-    if hps.fp16_params:
+    if hps.fp16_params and not hps.train:
         convert_conv_weights_to_fp16(prior)
 
     if device.type != "meta":
-        restore_model(hps, prior, hps.restore_prior)
+        restore_model(hps, prior, hps.restore_prior, checkpoint)
     if hps.train:
         prior.train()
     else:
@@ -204,7 +221,7 @@ def _read_weights(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict for ``model`` in ``path`` (our checkpoint or the transformers port's), memory-mapped where
     the file format allows, so tensors are paged in as they are used rather than all at once."""
     path = resolve_checkpoint_path(path)
-    if os.path.isdir(path) or path.endswith(".safetensors"):
+    if _is_transformers_folder_or_file(path):
         state = load_transformers_state_dict(path)
     else:
         try:

@@ -347,7 +347,7 @@ def test_disk_full_while_training_saves_keeps_checkpoint_latest(tmp_path, monkey
     latest = tmp_path / "checkpoint_latest.pth.tar"
     save_checkpoint(latest, dict(step=4))
     trainer = SimpleNamespace(step=6, local_rank=0, hps=SimpleNamespace(save=True, train=True), logdir=str(tmp_path),
-                              checkpoint_state=lambda: dict(step=6, model={"w": torch.ones(2)}))
+                              state=SimpleNamespace(checkpoint=lambda: dict(step=6, model={"w": torch.ones(2)})))
     real_fsync, writes = os.fsync, []
 
     def disk_full_at_one_write(fd):

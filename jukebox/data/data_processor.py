@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from jukebox.data.files_dataset import FilesAudioDataset, dataset_cache_file, read_json, write_json_atomic
-from jukebox.utils.audio_utils import audio_postprocess, audio_preprocess, calculate_bandwidth
+from jukebox.utils.audio_utils import audio_preprocess, calculate_bandwidth
 from jukebox.utils.dist_utils import get_rank, get_world_size, is_distributed, print_once
 
-__all__ = ["DataProcessor", "OffsetDataset", "collate", "get_bandwidth", "audio_preprocess", "audio_postprocess"]
+__all__ = ["DataProcessor", "OffsetDataset", "collate", "get_bandwidth", "audio_preprocess"]
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -17,8 +17,8 @@ from jukebox.utils.dist_utils import allreduce, get_rank, get_world_size, print_
 
 __all__ = [
     "STFTValues", "DEFAULT_STFT", "multispec_stfts", "stft", "spec", "norm", "squeeze", "spectral_loss",
-    "multispectral_loss", "spectral_convergence", "log_magnitude_loss", "reconstruction_loss",
-    "audio_preprocess", "audio_postprocess", "calculate_bandwidth",
+    "multi_stft_loss", "multispectral_loss", "spectral_convergence", "log_magnitude_loss",
+    "reconstruction_loss", "audio_preprocess", "calculate_bandwidth",
 ]
 
 
@@ -83,13 +83,18 @@ def spectral_loss(x_in: torch.Tensor, x_out: torch.Tensor, hps: Mapping[str, Any
     return norm(spec_in - spec_out)
 
 
-def multispectral_loss(x_in: torch.Tensor, x_out: torch.Tensor, hps: Mapping[str, Any]) -> torch.Tensor:
-    """Mean over the ``hps.multispec_loss_*`` STFTs of the spectral loss, per item ``(N,)``."""
+def multi_stft_loss(x_in: torch.Tensor, x_out: torch.Tensor, stfts: Sequence[STFTValues]) -> torch.Tensor:
+    """Mean over ``stfts`` of the spectral loss, per item ``(N,)``."""
     losses = []
-    for values in multispec_stfts(hps):
+    for values in stfts:
         spec_in, spec_out = _spec_pair(x_in, x_out, values)
         losses.append(norm(spec_in - spec_out))
     return sum(losses) / len(losses)
+
+
+def multispectral_loss(x_in: torch.Tensor, x_out: torch.Tensor, hps: Mapping[str, Any]) -> torch.Tensor:
+    """:func:`multi_stft_loss` over the ``hps.multispec_loss_*`` STFTs, per item ``(N,)``."""
+    return multi_stft_loss(x_in, x_out, multispec_stfts(hps))
 
 
 def spectral_convergence(x_in: torch.Tensor, x_out: torch.Tensor, hps: Mapping[str, Any] | None = None,
@@ -109,28 +114,26 @@ def log_magnitude_loss(x_in: torch.Tensor, x_out: torch.Tensor, hps: Mapping[str
     return torch.mean(torch.abs(torch.log(spec_in + epsilon) - torch.log(spec_out + epsilon)))
 
 
-def reconstruction_loss(loss_fn: str, x_target: torch.Tensor, x_pred: torch.Tensor,
-                        hps: Mapping[str, Any]) -> torch.Tensor:
-    """Sample-domain loss normalised by ``hps.bandwidth``: ``l1``, ``l2``, ``linf`` or ``lmix``.
+def reconstruction_loss(loss_fn: str, x_target: torch.Tensor, x_pred: torch.Tensor, bandwidth: Mapping[str, float],
+                        linf_k: int, lmix: Mapping[str, float]) -> torch.Tensor:
+    """Sample-domain loss normalised by ``bandwidth``: ``l1``, ``l2``, ``linf`` or ``lmix``, a scalar.
 
-    ``linf`` is the mean of the ``hps.linf_k`` largest squared errors of each item; ``lmix`` is
-    ``lmix_l1 * l1 + lmix_l2 * l2 + lmix_linf * linf`` (zero weights skipped).
+    ``linf`` is the mean of the ``linf_k`` largest squared errors of each item; ``lmix`` is
+    ``lmix['l1'] * l1 + lmix['l2'] * l2 + lmix['linf'] * linf`` (zero weights skipped).
     """
-    bandwidth = hps["bandwidth"]
     if loss_fn == "l1":
         return torch.mean(torch.abs(x_pred - x_target)) / bandwidth["l1"]
     if loss_fn == "l2":
         return torch.mean((x_pred - x_target) ** 2) / bandwidth["l2"]
     if loss_fn == "linf":
         residual = ((x_pred - x_target) ** 2).reshape(x_target.shape[0], -1)
-        values, _ = torch.topk(residual, hps["linf_k"], dim=1)
+        values, _ = torch.topk(residual, linf_k, dim=1)
         return torch.mean(values) / bandwidth["l2"]
     if loss_fn == "lmix":
         loss = 0.0
         for name in ("l1", "l2", "linf"):
-            weight = hps[f"lmix_{name}"]
-            if weight:
-                loss = loss + weight * reconstruction_loss(name, x_target, x_pred, hps)
+            if lmix[name]:
+                loss = loss + lmix[name] * reconstruction_loss(name, x_target, x_pred, bandwidth, linf_k, lmix)
         return loss
     raise ValueError(f"unknown loss_fn {loss_fn!r}; use one of 'l1', 'l2', 'linf', 'lmix'")
 
@@ -144,11 +147,6 @@ def audio_preprocess(x: torch.Tensor, hps: Mapping[str, Any]) -> torch.Tensor:
     if x.shape[-1] == 2:
         mix = torch.rand((x.shape[0], 1), device=x.device) if hps.get("aug_blend") else 0.5
         return (mix * x[:, :, 0] + (1 - mix) * x[:, :, 1]).unsqueeze(2)
-    return x
-
-
-def audio_postprocess(x: torch.Tensor, hps: Mapping[str, Any]) -> torch.Tensor:
-    """Inverse of any model-side audio transform; the identity (kept as the single hook for one)."""
     return x
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "float16_params_to_float32", "params_checksum",
+    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "params_checksum",
 ]
 
 
@@ -40,21 +40,6 @@ def scale_grads(params: Iterable[torch.Tensor], factor: float) -> None:
     grads = _grads(params)
     if grads and factor != 1.0:
         torch._foreach_mul_(grads, factor)
-
-
-def float16_params_to_float32(model: nn.Module) -> list[str]:
-    """Turn float16 parameters into float32 ones in place; returns their names.
-
-    Models built with ``fp16_params`` store the transformer weights in float16, as the released
-    checkpoints do. Optimisers and gradient scalers need float32 master weights, so training
-    converts them and casts them back to float16 when saving (``jukebox.train.Trainer.checkpoint_state``).
-    """
-    names = []
-    for name, p in model.named_parameters():
-        if p.dtype == torch.float16:
-            p.data = p.data.float()
-            names.append(name)
-    return names
 
 
 def params_checksum(model: nn.Module) -> torch.Tensor:

@@ -2,22 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from jukebox.utils.audio_utils import (
-    audio_postprocess,
-    multispectral_loss,
-    reconstruction_loss,
-    spectral_convergence,
-    spectral_loss,
-)
 from jukebox.vqvae.bottleneck import Bottleneck, NoBottleneck
 from jukebox.vqvae.encdec import Decoder, Encoder
+from jukebox.vqvae.losses import VQVAELoss, make_vqvae_loss
 
-__all__ = ["VQVAE", "calculate_strides", "calculate_hop_lengths"]
+__all__ = ["VQVAE", "Reconstruction", "calculate_strides", "calculate_hop_lengths"]
 
 
 def calculate_strides(strides: Sequence[int], downs: Sequence[int]) -> list[int]:
@@ -34,25 +28,29 @@ def calculate_hop_lengths(strides: Sequence[int], downs: Sequence[int]) -> list[
     return hops
 
 
-def _average_metrics(metrics: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Per-key mean of the per-level metric dicts (empty in eval mode)."""
-    if not metrics:
-        return {}
-    return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]}
+class Reconstruction(NamedTuple):
+    """What :meth:`VQVAE.reconstruct` returns, per level ``l``: the reconstruction ``x_outs[l]`` ``(N, T, C)``,
+    the quantiser's commitment loss ``commit_losses[l]`` (a scalar) and its metrics ``quantiser_metrics[l]``
+    (empty in eval mode)."""
+
+    x_outs: list[torch.Tensor]
+    commit_losses: list[torch.Tensor]
+    quantiser_metrics: list[dict[str, torch.Tensor]]
 
 
 class VQVAE(nn.Module):
     """VQ-VAE over audio ``(N, T, C)`` with ``levels`` independent encoder/decoder pairs.
 
     Level ``l`` compresses by ``hop_lengths[l]`` samples per token into ``l_bins`` codes of
-    size ``emb_width``; ``multipliers[l]`` scales that level's conv width and depth.
-    ``block_kwargs``: ``width``, ``depth``, ``m_conv``, ``dilation_growth_rate``,
+    size ``emb_width``; ``multipliers[l]`` scales that level's conv width and depth; ``mu`` is the
+    codebooks' EMA decay. Training scores the reconstructions with a loss module beside the model
+    (``jukebox.vqvae.losses``). ``block_kwargs``: ``width``, ``depth``, ``m_conv``, ``dilation_growth_rate``,
     ``dilation_cycle``, ``zero_out``, ``res_scale``, ``reverse_decoder_dilation``.
     """
 
     def __init__(self, input_shape: Sequence[int], levels: int, downs_t: Sequence[int], strides_t: Sequence[int],
-                 emb_width: int, l_bins: int, mu: float, commit: float, spectral: float, multispectral: float,
-                 multipliers: Sequence[int] | None = None, use_bottleneck: bool = True, **block_kwargs: Any) -> None:
+                 emb_width: int, l_bins: int, mu: float, multipliers: Sequence[int] | None = None,
+                 use_bottleneck: bool = True, **block_kwargs: Any) -> None:
         super().__init__()
         if not (len(downs_t) == len(strides_t) == levels):
             raise ValueError(f"downs_t {tuple(downs_t)} and strides_t {tuple(strides_t)} need one entry per level "
@@ -71,7 +69,6 @@ class VQVAE(nn.Module):
         self.multipliers = list(multipliers)
         self.downs_t, self.strides_t = tuple(downs_t), tuple(strides_t)
         self.emb_width, self.l_bins = emb_width, l_bins
-        self.commit, self.spectral, self.multispectral = commit, spectral, multispectral
 
         def level_kwargs(level: int) -> dict[str, Any]:
             kwargs = dict(block_kwargs)
@@ -148,64 +145,28 @@ class VQVAE(nn.Module):
         zs = [torch.randint(0, self.l_bins, size=(n_samples, *z_shape), device=device) for z_shape in self.z_shapes]
         return self.decode(zs)
 
-    def forward(self, x: torch.Tensor, hps: Mapping[str, Any], loss_fn: str = "l1"
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Reconstruct ``x`` ``(N, T, C)`` at every level.
-
-        Returns the level-0 reconstruction ``(N, T, C)``, the training loss
-        ``recons + spectral * spec + multispectral * multispec + commit * sum(commit_losses)`` and
-        detached metrics (per level ``*_l{level+1}``, sums, level-0 diagnostics, quantiser metrics
-        averaged over levels in training mode). ``hps`` supplies ``bandwidth``, ``linf_k``,
-        ``lmix_*``, ``use_nonrelative_specloss`` and ``multispec_loss_*``.
-        """
+    def reconstruct(self, x: torch.Tensor) -> Reconstruction:
+        """Encode, quantise and decode ``x`` ``(N, T, C)`` at every level (``T`` a multiple of the top hop)."""
         self._check_audio(x)
-        if "bandwidth" not in hps:
-            raise ValueError("hps.bandwidth is not set: compute the loss normalisers with "
-                             "jukebox.utils.audio_utils.calculate_bandwidth(dataset, hps) and store them in hps")
         if x.shape[1] % self.hop_lengths[-1]:
-            raise ValueError(f"VQVAE.forward needs a length that is a multiple of the top hop length "
+            raise ValueError(f"VQVAE needs audio whose length is a multiple of the top hop length "
                              f"{self.hop_lengths[-1]}, got T={x.shape[1]}")
         xs = self._encoder_outputs(x)
         _, xs_quantised, commit_losses, quantiser_metrics = self.bottleneck(xs)
-        x_outs = [decoder(xs_quantised[level:level + 1], all_levels=False) for level, decoder in
-                  enumerate(self.decoders)]
+        x_outs = [decoder(xs_quantised[level:level + 1], all_levels=False).permute(0, 2, 1)
+                  for level, decoder in enumerate(self.decoders)]
+        return Reconstruction(x_outs, list(commit_losses), list(quantiser_metrics))
 
-        metrics: dict[str, torch.Tensor] = {}
-        recons_loss = torch.zeros((), device=x.device)
-        spec_loss = torch.zeros((), device=x.device)
-        multispec_loss = torch.zeros((), device=x.device)
-        x_target = audio_postprocess(x.float(), hps)
-        for level in reversed(range(self.levels)):
-            x_out = audio_postprocess(x_outs[level].permute(0, 2, 1), hps)
-            this_recons = reconstruction_loss(loss_fn, x_target, x_out, hps)
-            if hps["use_nonrelative_specloss"]:
-                this_spec = torch.mean(spectral_loss(x_target, x_out, hps) / hps["bandwidth"]["spec"])
-            else:
-                this_spec = torch.mean(spectral_convergence(x_target, x_out, hps))
-            this_multispec = torch.mean(multispectral_loss(x_target, x_out, hps) / hps["bandwidth"]["spec"])
-            metrics[f"recons_loss_l{level + 1}"] = this_recons
-            metrics[f"spectral_loss_l{level + 1}"] = this_spec
-            metrics[f"multispectral_loss_l{level + 1}"] = this_multispec
-            recons_loss = recons_loss + this_recons
-            spec_loss = spec_loss + this_spec
-            multispec_loss = multispec_loss + this_multispec
+    def forward(self, x: torch.Tensor, hps: Mapping[str, Any] | None = None, loss_fn: str = "l1",
+                loss: VQVAELoss | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruct ``x`` ``(N, T, C)`` and score it with ``loss`` (``make_vqvae_loss(hps)``).
 
-        commit_loss = sum(commit_losses)
-        loss = (recons_loss + self.spectral * spec_loss + self.multispectral * multispec_loss
-                + self.commit * commit_loss)
-
-        # x_out is the level-0 reconstruction here (the loop ran top level first).
-        with torch.no_grad():
-            metrics.update(
-                recons_loss=recons_loss,
-                spectral_loss=spec_loss,
-                multispectral_loss=multispec_loss,
-                spectral_convergence=torch.mean(spectral_convergence(x_target, x_out, hps)),
-                l2_loss=reconstruction_loss("l2", x_target, x_out, hps),
-                l1_loss=reconstruction_loss("l1", x_target, x_out, hps),
-                linf_loss=reconstruction_loss("linf", x_target, x_out, hps),
-                commit_loss=commit_loss,
-                **_average_metrics(quantiser_metrics),
-            )
-        metrics = {key: torch.as_tensor(val).detach() for key, val in metrics.items()}
-        return x_out, loss, metrics
+        Returns the level-0 reconstruction ``(N, T, C)``, the training loss and detached metrics
+        (see :class:`jukebox.vqvae.losses.VQVAELoss`). The original's form ``forward(x, hps, loss_fn)``
+        builds the loss from ``hps`` for this one call.
+        """
+        if loss is None:
+            if hps is None:
+                raise TypeError("VQVAE.forward needs loss=make_vqvae_loss(hps) (or the original's hps and loss_fn)")
+            loss = make_vqvae_loss(hps, loss_fn)
+        return loss(x, *self.reconstruct(x))
