@@ -72,3 +72,10 @@ def _deterministic_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_thread(_deterministic_threads):
+    """One CPU thread (modules of tiny models: thread hand-offs cost more than they save); the count is
+    restored after the test. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Bad input gets an error (or, for droppable lyric characters, a warning) that names the problem and the fix.
 
 Runs through the real entry points (``sample.run``, ``make_model``, ``FilesAudioDataset``, ``Labeller``) on the
-tiny model of test_sample_e2e; every case fails before any sampling starts.
+tiny model of helpers.tiny_model; every case fails before any sampling starts.
 """
 from __future__ import annotations
 
@@ -23,16 +23,13 @@ from jukebox.hparams import HPARAMS_REGISTRY, Hyperparams, UnknownHparamError, s
 from jukebox.utils.checkpoint import CheckpointError, load_state_dict_checked, save_checkpoint
 from jukebox.vqvae.vqvae import VQVAE
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     with tiny_model(tmp_path_factory.mktemp("bad_input")) as root:
         yield root
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def _run(tiny, monkeypatch, tmp_path, **kwargs) -> None:

@@ -19,6 +19,8 @@ from jukebox.prior.autoregressive import ConditionalAutoregressive2D
 from jukebox.transformer.ops import convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 W, N_CTX, BLOCKS, HEADS, SPREAD, ENC, PRIME = 32, 72, 6, 2, 3, 16, 16
 N = 2
 # CPU always; CUDA too where there is one (the CUDA graph capture and half-precision steps).
@@ -27,11 +29,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ORDERS = {f"func_{f}": (order, depth) for f, order, depth in
           [(0, 0, 1), (1, 1, 1), (2, 9, 4), (3, 2, 3), (4, 3, 2), (5, 4, 2), (6, 6, 4), (7, 12, 16)]}
 ORDERS.update(order_2=(2, 3), order_8=(8, 10), order_11=(11, 16))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    torch.set_num_threads(1)
 
 
 def _transformer(order: int, depth: int, res_scale: bool = False) -> Transformer:

@@ -1,7 +1,7 @@
 """Faults: processes killed mid-work, failing disks, failing MPI ranks. Nothing finished may be lost, a rerun of
 the same command continues where the work stopped, and a broken job ends in bounded time with a clear error.
 
-Sampling runs the tiny model of test_sample_e2e in subprocesses (alone and under ``mpiexec -n 2``); windows are
+Sampling runs the tiny model of helpers.tiny_model in subprocesses (alone and under ``mpiexec -n 2``); windows are
 slowed down there (by the runner, not the library) so that SIGKILL lands in the middle of a level.
 """
 from __future__ import annotations
@@ -20,51 +20,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import IDS_DIR, REPO
+from conftest import HELPERS, IDS_DIR
 from helpers.tiny_model import COMMON, SR, TOKENS, tiny_model
+from helpers.training import TINY_VQVAE
 from jukebox import sample
 from jukebox.utils import checkpoint
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-RUNNER = """
-import os, sys, time
-sys.path.insert(0, {tests!r})
-from pathlib import Path
-import torch
-import test_sample_e2e
-from jukebox.inference import schedule
-
-test_sample_e2e._register(Path({root!r}))
-torch.set_num_threads(1)
-rank = os.environ.get("PMI_RANK", "0")
-Path(f"runner_{{rank}}.pid").write_text(str(os.getpid()))
-real = schedule.sample_window
-delay = float(os.environ.get("WINDOW_DELAY", "0"))
-
-def logged(zs, labels, kwargs, level, *args, **kw):
-    time.sleep(delay)
-    with open(f"windows_{{rank}}.log", "a") as f:
-        f.write(f"{{level}}\\n")
-    return real(zs, labels, kwargs, level, *args, **kw)
-
-schedule.sample_window = logged
-from jukebox.sample import main
-main()
-"""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     with tiny_model(tmp_path_factory.mktemp("faults")) as root:
-        (root / "runner.py").write_text(RUNNER.format(tests=str(REPO / "tests"), root=str(root)))
         yield root
 
 
@@ -80,8 +51,9 @@ def _reference(tiny: Path, name: str, seed: int) -> list[torch.Tensor]:
     return load_checkpoint(tiny / name / "level_0" / "data.pth.tar")["zs"]
 
 
-def _command(name: str, seed: int, ranks: int = 1) -> list[str]:
-    args = [sys.executable, "runner.py", "--model=tiny_test", f"--name={name}", "--levels=3",
+def _command(tiny: Path, name: str, seed: int, ranks: int = 1) -> list[str]:
+    args = [sys.executable, str(HELPERS / "slow_tiny_sample.py"), str(tiny), "--model=tiny_test", f"--name={name}",
+            "--levels=3",
             "--sample_length_in_seconds=0.25", "--total_sample_length_in_seconds=2", f"--sr={SR}",
             f"--n_samples={COMMON['n_samples']}", "--hop_fraction=0.5,0.5,0.5", "--fp16=False",
             f"--ids_dir={IDS_DIR}", f"--seed={seed}"]
@@ -147,7 +119,7 @@ def _rerun(tiny: Path, cmd: list[str]) -> str:
 @pytest.mark.slow
 def test_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
     expected = _reference(tiny, "reference_7", seed=7)
-    cmd = _command("killed", seed=7)
+    cmd = _command(tiny, "killed", seed=7)
     [(level, done)] = _kill(tiny, cmd, [tiny / "killed" / "progress.pth.tar"], "runner_0.pid",
                             when=lambda level, done: level == 1 and 2 <= done < 6)
     state = load_checkpoint(tiny / "killed" / "progress.pth.tar")  # the file survives the kill intact
@@ -171,7 +143,7 @@ def test_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
 def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
     expected = [_reference(tiny, f"reference_{seed}", seed=seed) for seed in (7, 8)]  # rank r samples seed + r
-    cmd = _command("mpi", seed=7, ranks=2)
+    cmd = _command(tiny, "mpi", seed=7, ranks=2)
     files = [tiny / f"mpi_rank_{rank}" / "progress.pth.tar" for rank in range(2)]
     # rank 0 dies once both ranks have finished a window; the launcher must take rank 1 down with it
     _kill(tiny, cmd, files, "runner_0.pid", when=lambda level, done: level < 2 or done >= 1)
@@ -190,24 +162,6 @@ def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
 # Once the file "hold_writes" exists, the runner (Linux: /proc) holds the next checkpoint write (and says so in
 # "in_write") so that one kill lands in the middle of it: the temporary file is written but has not replaced its
 # target yet.
-TRAIN_RUNNER = """
-import os, time
-from pathlib import Path
-
-real_fsync = os.fsync
-
-def held_fsync(fd):
-    writing = os.readlink(f"/proc/self/fd/{fd}")  # a checkpoint's temporary file, not e.g. TensorBoard's
-    if Path("hold_writes").exists() and writing.endswith(".tmp"):
-        Path("in_write").touch()
-        time.sleep(120)
-    real_fsync(fd)
-
-os.fsync = held_fsync
-import fire
-import jukebox.train as train
-fire.Fire(train.run)
-"""
 SAVE_ITERS = 2
 
 
@@ -219,9 +173,6 @@ def _train_records(logdir: Path, skip: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the runner finds file names through /proc")
 def test_training_killed_at_random_moments_resumes_from_the_last_checkpoint(tmp_path):
-    from test_train import TINY_VQVAE  # the scaled-down small_vqvae of the training tests
-
-    (tmp_path / "runner.py").write_text(TRAIN_RUNNER)
     logdir = tmp_path / "logs" / "run"
     latest = logdir / "checkpoint_latest.pth.tar"
     env = {**ENV, "JUKEBOX_CACHE": str(tmp_path / "cache")}
@@ -229,7 +180,8 @@ def test_training_killed_at_random_moments_resumes_from_the_last_checkpoint(tmp_
     saved_step = 0
     # how each run ends: killed some time into its steps, killed inside a checkpoint write, stopped by Ctrl-C
     for run, how in enumerate(["kill_random", "kill_in_write", "sigint"]):
-        cmd = [sys.executable, "runner.py", "--name=run", *TINY_VQVAE, "--local_logdir=logs", "--exit_train=100000",
+        cmd = [sys.executable, str(HELPERS / "held_write_train.py"), "--name=run", *TINY_VQVAE, "--local_logdir=logs",
+               "--exit_train=100000",
                f"--save_iters={SAVE_ITERS}", "--log_steps=1"]
         if run:
             cmd.append(f"--restore_vqvae={latest}")
@@ -367,28 +319,13 @@ def test_disk_full_while_training_saves_keeps_checkpoint_latest(tmp_path, monkey
 # ---------------------------------------------------------------------------------------------
 # A failing MPI rank
 # ---------------------------------------------------------------------------------------------
-FAILING_RANK = """
-import os, signal, sys, time
-from jukebox.utils.dist_utils import barrier, setup_dist_from_mpi
-
-rank, _, _ = setup_dist_from_mpi(port=0)
-barrier()
-if rank == 1:
-    if sys.argv[1] == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise RuntimeError("rank 1 failed on purpose")
-time.sleep(0.5)
-barrier()  # rank 0 waits here for a rank that is gone (gloo's own timeout is 600 s)
-print("rank 0 got past the barrier", flush=True)
-"""
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
 @pytest.mark.parametrize("failure", ["raise", "kill"])
 def test_one_failing_rank_ends_the_whole_job(tmp_path, failure):
-    script = tmp_path / "failing_rank.py"
-    script.write_text(FAILING_RANK)
+    script = HELPERS / "failing_rank.py"
     start = time.monotonic()
     result = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(script), failure], cwd=tmp_path, env=ENV,
                             capture_output=True, text=True, timeout=120)

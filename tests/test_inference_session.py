@@ -1,5 +1,5 @@
 """SamplingSession on its own, driven as a program would (no command line): the tiny random-weight model of
-test_sample_e2e, loaded through the real path (checkpoints, lazy priors, labellers).
+helpers.tiny_model, loaded through the real path (checkpoints, lazy priors, labellers).
 
 At 0.25 s the tiny model's levels hold 128/64/32 tokens in windows of 16: the top level samples 3 windows. The
 tests on the model are marked slow (the first compiles the CPU kernels).
@@ -20,14 +20,11 @@ from jukebox.inference.inputs import default_sampling_kwargs, make_metas
 from jukebox.inference.session import ProgressFile, SamplingOptions, SamplingSession
 from jukebox.make_models import make_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROGRESS_KEYS = {"settings", "seed", "zs", "level", "windows_done", "rng", "cuda_rng", "alignments"}
 SETTINGS_KEYS = {"model", "mode", "levels", "n_samples", "sample_length", "hop_fraction", "codes_file", "audio_file",
                  "prompt_length", "metas", "sampling"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from jukebox.hparams import Hyperparams
 from jukebox.make_models import make_labeller, make_prior, make_vqvae
 from jukebox.prior.conditioners import RangeEmbedding
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LOGITS_ATOL = 1e-4
 LOSS_RTOL = 1e-5
 LATENT_ATOL = 1e-5
@@ -19,17 +21,6 @@ FIXTURES = ["prior_top_unconditional", "prior_top_labelled", "prior_sep_enc_dec_
             "prior_single_enc_dec_lyrics", "upsampler_level_1", "upsampler_level_0"]
 
 _VQVAE_FIXTURES = {}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny, so every op is dominated by thread start-up and synchronisation:
-    # one thread is several times faster. The outputs stay well within tolerance (reference
-    # README section 8: one thread changes the transformer outputs by < 4e-7).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _build(fixture):

@@ -21,8 +21,7 @@ from jukebox.inference import schedule
 from jukebox.utils.checkpoint import save_checkpoint
 from jukebox.utils.io import load_audio
 
-pytestmark = pytest.mark.slow
-
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,12 +30,6 @@ def _one_thread_for_module_fixtures():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: thread hand-offs cost more than they save (and the test machines are shared).
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +173,6 @@ def test_bad_arguments_are_explained(workdir, monkeypatch):
         _run(workdir, monkeypatch, name="bad", hop_fraction=(0.5, 0.5))
     with pytest.raises(ValueError, match="upsampling needs at least one context"):
         _run(workdir, monkeypatch, name="bad", sample_length_in_seconds=0.05)
-
-
 
 
 def test_cli_under_mpiexec_writes_one_folder_per_rank(workdir):

@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, REPO
+from conftest import DATA, HELPERS, REPO
+from helpers.training import TINY_VQVAE
 
 PYTHON = sys.executable
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 TRAIN = str(REPO / "jukebox" / "train.py")
 SCRIPTS = REPO / "scripts"
 
-# small_vqvae scaled down on the command line; lr warm-up short enough for a few dozen steps.
-TINY_VQVAE = ["--hps=small_vqvae", "--sample_length=8192", "--bs=2", f"--audio_files_dir={DATA / 'music'}",
-              "--labels=False", "--train", "--aug_shift", "--aug_blend", "--width=16", "--depth=2",
-              "--emb_width=16", "--l_bins=64", "--lr=1e-3", "--lr_warmup=2", "--log_steps=1", "--nworkers=0"]
 MPI_STEPS = 30
 
 
@@ -160,26 +157,11 @@ def test_unknown_hparam_fails_fast_with_a_clear_message(tmp_path):
     assert time.time() - start < 60
 
 
-WRAPPER = """
-import jukebox.train as train
-from jukebox.utils.cli import fire_command
-
-original = train.Trainer.train_step
-
-def failing_step(self, *args, **kwargs):
-    if self.rank == 1 and self.step == 3:
-        raise RuntimeError("injected failure on rank 1")
-    return original(self, *args, **kwargs)
-
-train.Trainer.train_step = failing_step
-fire_command(train.run)
-"""
 
 
 @pytest.mark.slow
 def test_an_exception_on_one_rank_ends_the_whole_mpi_job(tmp_path):
-    script = tmp_path / "fail_on_rank_1.py"
-    script.write_text(WRAPPER)
+    script = HELPERS / "failing_train_step.py"
     start = time.time()
     cmd = [MPIEXEC, "-n", "2", PYTHON, str(script), "--name=fail", *TINY_VQVAE,
            f"--local_logdir={tmp_path / 'logs'}", "--exit_train=50"]
@@ -308,12 +290,6 @@ def test_launch_scripts_reject_a_missing_audio_folder(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-_THREADS_SCRIPT = """
-import torch
-from jukebox.utils.dist_utils import setup_dist_from_mpi
-setup_dist_from_mpi()
-print(torch.get_num_threads())
-"""
 
 
 @pytest.mark.slow
@@ -335,7 +311,7 @@ def test_cpu_ranks_on_one_machine_share_its_cores(set_omp):
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
         if omp_threads:
             env["OMP_NUM_THREADS"] = omp_threads
-        procs.append(subprocess.Popen([sys.executable, "-c", _THREADS_SCRIPT], env=env, cwd=REPO,
+        procs.append(subprocess.Popen([sys.executable, str(HELPERS / "rank_threads.py")], env=env, cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]

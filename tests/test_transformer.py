@@ -17,6 +17,8 @@ from jukebox.transformer.kv_cache import LayerCache
 from jukebox.transformer.ops import ACT_FNS, Conv1D, LayerNorm, convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer, layer_attn_func
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # blocks != block_ctx on purpose, so that mixing them up shows.
 W, N_CTX, BLOCKS, BC, HEADS, SPREAD, ENC, PRIME = 32, 72, 6, 12, 2, 3, 16, 16
 PRIME_KEYS = 18  # the original keeps (prime_len // blocks + 1) * blocks = (16 // 6 + 1) * 6 keys
@@ -33,14 +35,6 @@ CHUNKINGS = {
 }
 PRIOR_FIXTURES = ["prior_top_unconditional", "prior_top_labelled", "prior_sep_enc_dec_lyrics",
                   "prior_single_enc_dec_lyrics", "upsampler_level_1", "upsampler_level_0"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    # These models are tiny: extra threads only add synchronisation cost on a shared machine.
-    torch.set_num_threads(1)
-
-
 
 
 def _transformer(attn_order: int, depth: int | None = None, dtype=torch.float32, **kw) -> Transformer:
