@@ -257,9 +257,9 @@ class LazyPrior:
     """A prior that holds no weights until its level runs.
 
     Built on the ``meta`` device, it already answers everything the sampling schedule asks before sampling
-    (``n_ctx``, ``raw_to_tokens``, ``labeller``, ``get_y``, ``get_z_conds``, ...; attribute access is forwarded to
-    the module). ``load(device)`` reads ``hps.restore_prior`` and assigns its tensors into the module as they come
-    (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
+    (``n_ctx``, ``raw_to_tokens``, ``labeller``, ``get_y``, ``get_z_conds``, ...; reading an attribute it does not
+    have reads the module's). ``load(device)`` reads ``hps.restore_prior`` and assigns its tensors into the module
+    as they come (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
     ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use.
     """
 
@@ -275,17 +275,15 @@ class LazyPrior:
             raise AttributeError(name)
         return getattr(self.module, name)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("hps", "vqvae", "module", "tied", "device", "ids_dir"):
-            object.__setattr__(self, name, value)
-        else:  # e.g. labeller, alignment_layer: they belong to the module
-            setattr(self.module, name, value)
-
     @property
     def labeller(self) -> Labeller | EmptyLabeller:
         if self.module.labeller is None:
             self.module.labeller = make_labeller(self.module, self.ids_dir)
         return self.module.labeller
+
+    @labeller.setter
+    def labeller(self, labeller: Labeller | EmptyLabeller) -> None:
+        self.module.labeller = labeller
 
     @property
     def loaded(self) -> bool:
@@ -300,7 +298,7 @@ class LazyPrior:
             print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
             fresh = make_prior(self.hps, self.vqvae, "cpu")
             fresh.labeller = self.module.labeller
-            object.__setattr__(self, "module", fresh)
+            self.module = fresh
         else:
             self._assign(_read_weights(self.hps.restore_prior, self.module))
         self.module.labeller = self.labeller  # a loaded prior samples, and sampling needs its labeller
