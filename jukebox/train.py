@@ -114,6 +114,8 @@ class Trainer:
         x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
         x = audio_preprocess(x.to(self.device, non_blocking=True), self.hps)
         if y is not None:
+            if self.hps.prior:
+                self.model.check_inputs(y=y)  # where labels enter, on the host: no device sync
             y = y.to(self.device, non_blocking=True)
         return x, y
 

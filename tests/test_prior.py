@@ -268,6 +268,11 @@ def test_bad_inputs_raise_clear_errors(case):
     with pytest.raises(ValueError, match="lie in"):
         prior.sample(2, z=out["z"][:, :4] + 10_000, z_conds=out["z_conds"], y=y)
     prior.check_inputs(out["z"], out["z_conds"], y)  # the fixture's own inputs are fine
+    if y is not None:
+        unknown_artist = y.clone()
+        unknown_artist[:, 3] = 10 ** 6
+        with pytest.raises(ValueError, match="label ids must lie in .*y_bins"):
+            prior.check_inputs(y=unknown_artist)
     with pytest.raises(ValueError, match="n_samples"):
         prior.sample(3, z=out["z"][:, :4], z_conds=out["z_conds"], y=y)
     prior.train()
