@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from jukebox.hparams import Hyperparams
 from jukebox.make_models import make_prior, make_vqvae, read_checkpoint
 from jukebox.training.ema import make_ema
 from jukebox.training.optim import make_optimizer
-from jukebox.transformer.ops import Conv1D
+from jukebox.transformer.ops import float16_weight_names
 from jukebox.utils.atomic import atomic_write
 from jukebox.utils.checkpoint import save_checkpoint
 from jukebox.utils.dist_utils import get_rank, print_once
@@ -67,12 +66,6 @@ def write_checkpoint(logdir: str, checkpoint: Mapping[str, Any], step: int | Non
         shutil.copyfileobj(src, dst)
 
 
-def _float16_names(model: nn.Module) -> set[str]:
-    """The weights ``fp16_params`` checkpoints hold in float16: each ``Conv1D.w``, as
-    ``jukebox.transformer.ops.convert_conv_weights_to_fp16`` stores them for sampling."""
-    return {f"{name}.w" for name, module in model.named_modules() if isinstance(module, Conv1D)}
-
-
 class TrainingState:
     """The model being trained and everything its checkpoint holds.
 
@@ -97,7 +90,7 @@ class TrainingState:
         if hps.prior:
             self.model = make_prior(hps, self.vqvae, device, checkpoint=checkpoint)
             print_once(f"Parameters Prior: {count_parameters(self.model)}")
-        self.float16_names = _float16_names(self.model) if hps.fp16_params and hps.train else set()
+        self.float16_names = float16_weight_names(self.model) if hps.fp16_params and hps.train else set()
         if self.float16_names and get_rank() == 0:
             warnings.warn(f"training {len(self.float16_names)} float16 parameters (fp16_params) as float32 "
                           "master weights; checkpoints store them as float16", stacklevel=2)

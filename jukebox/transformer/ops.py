@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Conv1D", "LayerNorm", "ACT_FNS", "quick_gelu", "gelu", "swish", "convert_conv_weights_to_fp16"]
+__all__ = ["Conv1D", "LayerNorm", "ACT_FNS", "quick_gelu", "gelu", "swish", "float16_weight_names",
+           "convert_conv_weights_to_fp16"]
 
 
 class Conv1D(nn.Module):
@@ -85,10 +86,16 @@ ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def float16_weight_names(module: nn.Module) -> set[str]:
+    """The parameters ``fp16_params`` stores in float16: the ``w`` of every ``Conv1D`` inside ``module``
+    (biases, norms and embeddings stay float32)."""
+    return {f"{name}.w" if name else "w" for name, m in module.named_modules() if isinstance(m, Conv1D)}
+
+
 def convert_conv_weights_to_fp16(module: nn.Module) -> nn.Module:
-    """Store the ``w`` of every ``Conv1D`` inside ``module`` in float16 (biases, norms and
-    embeddings stay float32), as the ``fp16_params`` checkpoints do. Returns ``module``."""
-    for m in module.modules():
-        if isinstance(m, Conv1D):
-            m.w.data = m.w.data.half()
+    """Store the ``float16_weight_names`` of ``module`` in float16, as the ``fp16_params`` checkpoints do.
+    Returns ``module``."""
+    for name in float16_weight_names(module):
+        param = module.get_parameter(name)
+        param.data = param.data.half()
     return module
