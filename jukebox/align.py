@@ -100,7 +100,8 @@ def run(model: str, logdir: str, levels: int = 3, hop_fraction: Sequence[float] 
     _, priors = make_model(model, device, hps, levels=[levels - 1])
     top = priors[-1]
     with torch.no_grad():
-        module = top.load(device) if hasattr(top, "load") else top
+        module = top.load(device)
+        module.labeller = top.labeller  # made from the id tables on first use
         if not can_align(module):
             raise ValueError(f"model {model!r} has no lyrics or no alignment_layer/alignment_head in its hps")
         alignments = get_alignment(data["x"], data["zs"], data["labels"][-1], module, levels - 1, fp16, hps)

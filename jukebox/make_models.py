@@ -301,7 +301,6 @@ class LazyPrior:
             self.module = fresh
         else:
             self._assign(_read_weights(self.hps.restore_prior, self.module))
-        self.module.labeller = self.labeller  # a loaded prior samples, and sampling needs its labeller
         self.module.to(device)
         self.device = device
         return self.module
