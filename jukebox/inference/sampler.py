@@ -21,8 +21,9 @@ from jukebox.inference import cpu_kernels
 from jukebox.inference.static_step import StaticStep
 from jukebox.inference.step_plan import StepPlan
 from jukebox.transformer.kv_cache import KVCache
+from jukebox.utils.dist_utils import print_once
 
-__all__ = ["TokenSampler", "draw", "filter_logits", "get_split_chunks"]
+__all__ = ["TokenSampler", "sample_codes", "draw", "filter_logits", "get_split_chunks"]
 
 Hook = Callable[[], None]
 
@@ -225,3 +226,35 @@ class TokenSampler:
             return self.model.x_out
         tiled = cpu_kernels.TiledLinear(w.t(), torch.zeros(w.shape[0]))
         return lambda h: tiled(h.reshape(n, -1)).view(n, 1, -1)
+
+
+def sample_codes(prior, n_samples: int, z: torch.Tensor | None = None, z_conds: list[torch.Tensor] | None = None,
+                 y: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
+                 top_p: float = 0.0, chunk_size: int | None = None, sample_tokens: int | None = None) -> torch.Tensor:
+    """Codes ``(N, sample_tokens or n_ctx)`` of one window of ``prior`` (a ``SimplePrior``) given the codes of the
+    levels above and labels y, continuing the prefix z ``(N, L)`` if given."""
+    for name, value in (("z", z), ("y", y), *((f"z_conds[{i}]", c) for i, c in enumerate(z_conds or []))):
+        if value is not None and value.shape[0] != n_samples:
+            raise ValueError(f"{name} has {value.shape[0]} items but n_samples is {n_samples}")
+    prior.check_inputs(z, z_conds, y)
+    no_past_context = z is None or z.shape[1] == 0
+    print_once(f"{'Ancestral' if no_past_context else 'Primed'} sampling {n_samples} samples with temp={temp}, "
+               f"top_k={top_k}, top_p={top_p}")
+    sampler = TokenSampler(prior.prior)
+    kwargs = dict(fp16=fp16, temp=temp, top_k=top_k, top_p=top_p)
+    with torch.no_grad():
+        x_cond, y_cond, prime = prior.get_cond(z_conds, y)
+        if prior.single_enc_dec:
+            # The lyric tokens are always the start of the prefix.
+            xs = [prime] if no_past_context else [prime, z]
+            z, x_cond = prior.prior_preprocess(xs, [None, x_cond])
+            if sample_tokens is not None:
+                sample_tokens += prior.n_tokens
+            z = sampler.primed_sample(n_samples, z, x_cond, y_cond, chunk_size=chunk_size, sample_tokens=sample_tokens,
+                                      **kwargs)
+            return prior.prior_postprocess(z)
+        encoder_kv = prior.get_encoder_kv(prime, fp16=fp16, sample=True)
+        if no_past_context:
+            return sampler.sample(n_samples, x_cond, y_cond, encoder_kv, sample_tokens=sample_tokens, **kwargs)
+        return sampler.primed_sample(n_samples, z, x_cond, y_cond, encoder_kv, chunk_size=chunk_size,
+                                     sample_tokens=sample_tokens, **kwargs)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jukebox.data.labels import EmptyLabeller, Labeller
+from jukebox.inference.sampler import sample_codes
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
 from jukebox.prior.conditioners import Conditioner, LabelConditioner
 from jukebox.transformer.ops import Conv1D, LayerNorm
@@ -348,28 +349,6 @@ class SimplePrior(nn.Module):
     def sample(self, n_samples: int, z: torch.Tensor | None = None, z_conds: list[torch.Tensor] | None = None,
                y: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
                top_p: float = 0.0, chunk_size: int | None = None, sample_tokens: int | None = None) -> torch.Tensor:
-        """Sample codes ``(N, sample_tokens or n_ctx)`` of one window, continuing the prefix z ``(N, L)`` if given."""
-        for name, value in (("z", z), ("y", y), *((f"z_conds[{i}]", c) for i, c in enumerate(z_conds or []))):
-            if value is not None and value.shape[0] != n_samples:
-                raise ValueError(f"{name} has {value.shape[0]} items but n_samples is {n_samples}")
-        self.check_inputs(z, z_conds, y)
-        no_past_context = z is None or z.shape[1] == 0
-        print_once(f"{'Ancestral' if no_past_context else 'Primed'} sampling {n_samples} samples with temp={temp}, "
-                   f"top_k={top_k}, top_p={top_p}")
-        kwargs = dict(fp16=fp16, temp=temp, top_k=top_k, top_p=top_p)
-        with torch.no_grad():
-            x_cond, y_cond, prime = self.get_cond(z_conds, y)
-            if self.single_enc_dec:
-                # The lyric tokens are always the start of the prefix.
-                xs = [prime] if no_past_context else [prime, z]
-                z, x_cond = self.prior_preprocess(xs, [None, x_cond])
-                if sample_tokens is not None:
-                    sample_tokens += self.n_tokens
-                z = self.prior.primed_sample(n_samples, z, x_cond, y_cond, chunk_size=chunk_size,
-                                             sample_tokens=sample_tokens, **kwargs)
-                return self.prior_postprocess(z)
-            encoder_kv = self.get_encoder_kv(prime, fp16=fp16, sample=True)
-            if no_past_context:
-                return self.prior.sample(n_samples, x_cond, y_cond, encoder_kv, sample_tokens=sample_tokens, **kwargs)
-            return self.prior.primed_sample(n_samples, z, x_cond, y_cond, encoder_kv, chunk_size=chunk_size,
-                                            sample_tokens=sample_tokens, **kwargs)
+        """Sample codes ``(N, sample_tokens or n_ctx)`` of one window, continuing the prefix z ``(N, L)`` if given
+        (see ``jukebox.inference.sampler.sample_codes``)."""
+        return sample_codes(self, n_samples, z, z_conds, y, fp16, temp, top_k, top_p, chunk_size, sample_tokens)
