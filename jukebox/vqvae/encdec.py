@@ -72,17 +72,25 @@ class DecoderConvBock(nn.Module):
         return self.model(x)
 
 
-class Encoder(nn.Module):
-    """Raw audio ``(N, input_emb_width, T)`` to one latent per stage ``[(N, output_emb_width, T_l)]``."""
+class _LevelStack(nn.Module):
+    """The shape of an encoder or decoder: audio channels, latent width and the per-level down/up-sampling."""
 
     def __init__(self, input_emb_width: int, output_emb_width: int, levels: int, downs_t: Sequence[int],
-                 strides_t: Sequence[int], **block_kwargs: Any) -> None:
+                 strides_t: Sequence[int]) -> None:
         super().__init__()
         self.input_emb_width = input_emb_width
         self.output_emb_width = output_emb_width
         self.levels = levels
         self.downs_t = tuple(downs_t)
         self.strides_t = tuple(strides_t)
+
+
+class Encoder(_LevelStack):
+    """Raw audio ``(N, input_emb_width, T)`` to one latent per stage ``[(N, output_emb_width, T_l)]``."""
+
+    def __init__(self, input_emb_width: int, output_emb_width: int, levels: int, downs_t: Sequence[int],
+                 strides_t: Sequence[int], **block_kwargs: Any) -> None:
+        super().__init__(input_emb_width, output_emb_width, levels, downs_t, strides_t)
         # The decoder-only option has no meaning for an encoder.
         block_kwargs = {k: v for k, v in block_kwargs.items() if k != "reverse_decoder_dilation"}
         self.level_blocks = nn.ModuleList(
@@ -99,7 +107,7 @@ class Encoder(nn.Module):
         return xs
 
 
-class Decoder(nn.Module):
+class Decoder(_LevelStack):
     """Latents ``[(N, output_emb_width, T_l)]`` back to audio ``(N, input_emb_width, T)``.
 
     With ``all_levels=False`` only the single (lowest) latent given is decoded; otherwise each
@@ -108,12 +116,7 @@ class Decoder(nn.Module):
 
     def __init__(self, input_emb_width: int, output_emb_width: int, levels: int, downs_t: Sequence[int],
                  strides_t: Sequence[int], **block_kwargs: Any) -> None:
-        super().__init__()
-        self.input_emb_width = input_emb_width
-        self.output_emb_width = output_emb_width
-        self.levels = levels
-        self.downs_t = tuple(downs_t)
-        self.strides_t = tuple(strides_t)
+        super().__init__(input_emb_width, output_emb_width, levels, downs_t, strides_t)
         self.level_blocks = nn.ModuleList(
             DecoderConvBock(output_emb_width, output_emb_width, down_t, stride_t, **block_kwargs)
             for down_t, stride_t in zip(self.downs_t, self.strides_t)
