@@ -115,11 +115,12 @@ def test_sampler_uses_the_plain_path_where_it_must():
     with pytest.raises(RuntimeError, match="eval mode"):
         m.sample(N, x_cond, y_cond, enc, sample_tokens=4)
     m.eval()
+    start = m.start_input(N, y_cond)
     m.transformer.set_record_attn(True)  # recorded attention needs the module path
-    assert TokenSampler(m)._fast_step(m.transformer.new_cache(N), m.pos_emb(), x_cond, False) is None
+    assert TokenSampler(m)._fast_step(m.transformer.new_cache(N), start, m.pos_emb(), x_cond) is None
     m.transformer.set_record_attn(False)
-    assert TokenSampler(m, plain_step=True)._fast_step(m.transformer.new_cache(N), m.pos_emb(), x_cond,
-                                                       False) is None
+    assert TokenSampler(m, plain_step=True)._fast_step(m.transformer.new_cache(N), start, m.pos_emb(),
+                                                       x_cond) is None
 
 
 def _prior(device: str = "cpu") -> ConditionalAutoregressive2D:

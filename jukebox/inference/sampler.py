@@ -170,12 +170,13 @@ class TokenSampler:
             t += size
         if self.on_primed is not None:
             self.on_primed()
-        step = None
+        # Chosen once, after the first position (which fills the encoder states) is cached.
+        fast_step, chosen = None, False
         for t in range(n_prime, L):
-            if step is None and t > 0:
-                step = self._fast_step(cache, pos_emb, x_cond, fp16)
-            if step is not None:
-                logits = step(x[:, t - 1])
+            if t > 0 and not chosen:
+                fast_step, chosen = self._fast_step(cache, start, pos_emb, x_cond), True
+            if fast_step is not None:
+                logits = fast_step(x, t)
             else:
                 h = m.cached_forward(*m.sampling_inputs(x, t, t + 1, start, pos_emb, x_cond), encoder_kv, fp16, cache)
                 logits = m.x_out(h)
@@ -187,10 +188,10 @@ class TokenSampler:
                 x[:, t:t + 1] = draw(logits)
         return x, preds
 
-    def _fast_step(self, cache: KVCache, pos_emb: torch.Tensor, x_cond: torch.Tensor | None, fp16: bool
-                   ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """``step(token at t - 1) -> logits (N, 1, bins)`` at the cache's position, advancing it; or None
-        where the plain path must run (``plain_step``, recorded attention)."""
+    def _fast_step(self, cache: KVCache, start: torch.Tensor, pos_emb: torch.Tensor, x_cond: torch.Tensor | None
+                   ) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+        """``step(x, t) -> logits (N, 1, bins)`` of position t (the cache's) given the tokens x ``(N, L)``,
+        advancing the cache; or None where the plain path must run (``plain_step``, recorded attention)."""
         m = self.model
         blocks = list(m.transformer._attn_mods)
         if self.plain_step or any(block.attn.record_attn for block in blocks):
@@ -199,22 +200,13 @@ class TokenSampler:
         use_graph = self.cuda_graph if self.cuda_graph is not None else pos_emb.device.type == "cuda"
         if use_graph:
             static = StaticStep(m, plan, pos_emb, x_cond)
-            return lambda token: static(token).unsqueeze(1)
+            return lambda x, t: static(x[:, t - 1]).unsqueeze(1)
         project = self._step_output(cache.n_samples)
 
-        def step(token: torch.Tensor) -> torch.Tensor:
-            t = cache.position
-            h = m.x_emb(token[:, None]) + pos_emb[t:t + 1]
-            cond = None
-            if x_cond is not None:
-                cond = x_cond if x_cond.shape[1] == 1 else x_cond[:, t:t + 1]
-                h = h + cond
+        def step(x: torch.Tensor, t: int) -> torch.Tensor:
+            h, cond = m.sampling_inputs(x, t, t + 1, start, pos_emb, x_cond)
             h = plan.step(h.to(plan.dtype).view(h.shape[0], -1)).view(h.shape)
-            if h.dtype == torch.float16:
-                h = h.float()
-            if m.add_cond_after_transformer and cond is not None:
-                h = h + cond
-            return project(h)
+            return project(m.add_output_cond(h.float(), cond))
 
         return step
 

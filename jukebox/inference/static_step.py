@@ -35,11 +35,7 @@ class StaticStep:
             cond = self.x_cond[:, 0] if self.x_cond.shape[1] == 1 else self.x_cond.index_select(1, pos)[:, 0]
             h = h + cond
         h = self.plan.static_step(h.to(self.plan.dtype), self.pos)
-        if h.dtype == torch.float16:
-            h = h.float()
-        if m.add_cond_after_transformer and cond is not None:
-            h = h + cond
-        self.logits = m.x_out(h)
+        self.logits = m.x_out(m.add_output_cond(h.float(), cond))
 
     def _capture(self) -> None:
         device = self.token.device

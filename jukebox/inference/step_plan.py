@@ -304,6 +304,7 @@ class StepPlan:
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x ``(N, width)`` at the cache's position -> ``(N, width)``; advances the cache by one."""
         self._t = self.cache.position
+        self._shared.clear()
         if self.on_cpu:
             cpu_kernels.match_threads()
         for L in self.layers:
@@ -311,9 +312,11 @@ class StepPlan:
         self.cache.advance(1)
         return x
 
+    def _dynamic_window(self, layout) -> tuple[int, int, int, int]:
+        return layout.slot(self._t), *layout.window(self._t), layout.step
+
     def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
-        t, layout = self._t, L.layout
-        slot, (start, stop), step = layout.slot(t), layout.window(t), layout.step
+        slot, start, stop, step = self._once(L.layout.key, lambda: self._dynamic_window(L.layout))
         if L.cpu_attention is not None:
             return L.cpu_attention(proj, slot, start, stop, step)
         if L.func == AttentionPattern.ENCODER_DECODER:
@@ -341,8 +344,8 @@ class StepPlan:
         return x
 
     def _once(self, key: tuple, make):
-        """Tensors of this step that depend only on the position and the layout (slots, masks),
-        computed by the first layer that needs them and reused by the others."""
+        """What this step needs that depends only on the position and the layout (slots, windows, masks),
+        computed by the first layer that needs it and reused by the others."""
         value = self._shared.get(key)
         if value is None:
             value = self._shared[key] = make()
@@ -368,8 +371,7 @@ class StepPlan:
             return self._attend(L, proj, L.key, L.value, fixed_shape=True)
         q, k, v = self._qkv(L, proj)
         layout = L.layout
-        keep, slot, idx, mask = self._once((layout.pattern, layout.length, layout.block_ctx),
-                                           lambda: self._static_window(layout))
+        keep, slot, idx, mask = self._once(layout.key, lambda: self._static_window(layout))
         self._write(L.key, slot, k, keep)
         self._write(L.value, slot, v, keep)
         return self._attend(L, q, L.key, L.value, mask, idx, fixed_shape=True)

@@ -154,10 +154,12 @@ class ConditionalAutoregressive2D(nn.Module):
         h = self.x_emb_dropout(h) + self.pos_emb_dropout(self.pos_emb())
         if x_cond is not None:
             h = h + x_cond
-        h = self.transformer(h, encoder_kv=encoder_kv, fp16=fp16)
-        if self.add_cond_after_transformer and x_cond is not None:
-            h = h + x_cond
-        return h
+        return self.add_output_cond(self.transformer(h, encoder_kv=encoder_kv, fp16=fp16), x_cond)
+
+    def add_output_cond(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The transformer's output ``(N, L, width)`` plus the conditioning of its positions, which the
+        tied-decoder models add again after the transformer (the merged decoder of the 5b models does not)."""
+        return h + cond if self.add_cond_after_transformer and cond is not None else h
 
     def logits(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
                encoder_kv: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
@@ -209,10 +211,7 @@ class ConditionalAutoregressive2D(nn.Module):
     def cached_forward(self, h: torch.Tensor, cond: torch.Tensor | None, encoder_kv: torch.Tensor | None,
                        fp16: bool, cache: KVCache) -> torch.Tensor:
         """Inputs ``(N, L, width)`` at the next L positions of ``cache`` -> output activations ``(N, L, width)``."""
-        h = self.transformer(h, encoder_kv=encoder_kv, fp16=fp16, cache=cache)
-        if self.add_cond_after_transformer and cond is not None:
-            h = h + cond
-        return h
+        return self.add_output_cond(self.transformer(h, encoder_kv=encoder_kv, fp16=fp16, cache=cache), cond)
 
     def cached_logits(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
                       encoder_kv: torch.Tensor | None = None, fp16: bool = False, n_prime: int = 0,

@@ -89,6 +89,8 @@ class CacheLayout:
         self.pattern = pattern
         self.length = length
         self.block_ctx = block_ctx
+        # Equal for layouts that give every position the same slot and window (layers share them).
+        self.key = (pattern, length, block_ctx)
 
     def slot(self, t: Position) -> Position:
         """The row of position t's key and value, -1 when the pattern never needs them again."""
