@@ -15,9 +15,14 @@ from pathlib import Path
 from jukebox.utils.cli import error_message
 from jukebox.utils.remote import DownloadError
 
-__all__ = ["HUB_SCHEME", "HubRepo", "is_hub_uri", "parse_hub_uri", "hub_file", "hub_file_metadata", "hub_cache_dir"]
+__all__ = ["HUB_SCHEME", "HubRepo", "MissingHubFile", "is_hub_uri", "parse_hub_uri", "hub_file", "hub_file_metadata",
+           "hub_cache_dir"]
 
 HUB_SCHEME = "hf://"
+
+
+class MissingHubFile(DownloadError):
+    """The repository has no such file (as the hub says, or as its cache remembers the hub saying)."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,22 @@ def _reason(e: Exception, filename: str) -> str:
 
 def hub_file(repo: HubRepo, filename: str, local_only: bool = False) -> Path:
     """The local path of ``filename`` of ``repo``, downloaded into the hub cache unless it is there already
-    (``local_only``: never reach the network). Raises ``DownloadError``."""
-    from huggingface_hub import hf_hub_download
+    (``local_only``: only the cache is looked at). Raises ``MissingHubFile`` when the repository has no such
+    file, ``DownloadError`` for any other failure."""
+    from huggingface_hub import _CACHED_NO_EXIST, errors, hf_hub_download, try_to_load_from_cache
 
+    if local_only:
+        cached = try_to_load_from_cache(repo.repo_id, filename, cache_dir=hub_cache_dir(), revision=repo.revision)
+        if cached is _CACHED_NO_EXIST:
+            raise MissingHubFile(repo.url(filename), f"the repository has no file {filename}")
+        if cached is None:
+            raise DownloadError(repo.url(filename), "not in the hub cache")
+        return Path(cached)
     try:
         return Path(hf_hub_download(repo.repo_id, filename, revision=repo.revision, cache_dir=hub_cache_dir(),
-                                    endpoint=_endpoint(), local_files_only=local_only))
+                                    endpoint=_endpoint()))
+    except errors.RemoteEntryNotFoundError as e:
+        raise MissingHubFile(repo.url(filename), _reason(e, filename)) from e
     except Exception as e:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and its own errors; all end the same way
         raise DownloadError(repo.url(filename), _reason(e, filename)) from e
 

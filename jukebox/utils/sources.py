@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jukebox.utils.dist_utils import print_all
-from jukebox.utils.hub import HubRepo, hub_file, is_hub_uri, parse_hub_uri
+from jukebox.utils.hub import HubRepo, MissingHubFile, hub_file, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
 from jukebox.utils.remote import DownloadError, cache_path, download, is_url, mirror_urls, resolve_path
 
@@ -71,10 +71,8 @@ def _hub_fetch(repo: HubRepo, local_only: bool):
     def fetch(name: str) -> Path | None:
         try:
             return hub_file(repo, name, local_only=local_only)
-        except DownloadError as e:
-            if "has no file" in e.reason:
-                return None
-            raise
+        except MissingHubFile:
+            return None
     return fetch
 
 
