@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from jukebox.utils import dist_utils
 
-__all__ = ["DownloadError", "cache_dir", "cache_path", "mirror_urls", "download", "resolve_path", "is_url"]
+__all__ = ["DownloadError", "cache_dir", "cache_path", "mirror_urls", "download", "resolve_path", "is_url",
+           "report_failure"]
 
 RETIRED_HOST = "https://openaipublic.azureedge.net/"
 MIRROR_HOST = "https://openaipublic.blob.core.windows.net/"
@@ -195,6 +196,12 @@ def _sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def report_failure(where: str, reason: str, next_source: str | None) -> None:
+    """One line saying that source ``where`` failed and why, and which one is tried next."""
+    then = f"; trying {next_source}" if next_source else ""
+    dist_utils.print_all(f"weights: {where} failed: {reason}{then}")
+
+
 def fetch_to(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` from the first of its mirrors that works, holding a lock file so
     concurrent processes (or nodes sharing a file system) do not write the same ``.part``."""
@@ -204,13 +211,15 @@ def fetch_to(url: str, dest: Path) -> None:
         if dest.exists():
             return
         errors = []
-        for candidate in mirror_urls(url):
+        candidates = mirror_urls(url)
+        for i, candidate in enumerate(candidates):
             dist_utils.print_all(f"Downloading {candidate} to {dest}")
             try:
                 download(candidate, dest)
                 return
             except DownloadError as e:
                 errors.append(e)
+                report_failure(candidate, e.reason, candidates[i + 1] if i + 1 < len(candidates) else None)
         if len(errors) == 1:
             raise errors[0]
         raise DownloadError(url, "every mirror failed: " + "; ".join(f"{e.url}: {e.reason}" for e in errors))

@@ -23,7 +23,15 @@ from pathlib import Path
 from jukebox.utils.dist_utils import print_all
 from jukebox.utils.hub import HubRepo, MissingHubFile, hub_file, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
-from jukebox.utils.remote import DownloadError, cache_path, download, is_url, mirror_urls, resolve_path
+from jukebox.utils.remote import (
+    DownloadError,
+    cache_path,
+    download,
+    is_url,
+    mirror_urls,
+    report_failure,
+    resolve_path,
+)
 
 __all__ = ["SOURCES", "HUB_REPOS", "Origin", "ANY_SOURCE", "check_source", "hub_repo_of", "hub_checkpoint",
            "locate_weights", "label_tables_source"]
@@ -85,11 +93,6 @@ def hub_checkpoint(repo: HubRepo, prefix: str = "", local_only: bool = False) ->
     return checkpoint
 
 
-def _report(what: str, reason: str, next_source: str | None) -> None:
-    then = f"; trying {next_source}" if next_source else ""
-    print_all(f"weights: {what} failed: {reason}{then}")
-
-
 def _released_sources(url: str, hub_repo: str, source: str | None) -> list[tuple[str, str]]:
     """(kind, where) pairs in the order they are tried, after the caches."""
     sources = [("openai", u) for u in mirror_urls(url)] if source in (None, "openai") else []
@@ -139,7 +142,7 @@ def _locate_released(url: str, prefix: str, hub_repo: str, source: str | None) -
             return str(download(where, cached))
         except DownloadError as e:
             failures.append(f"{where}: {e.reason}")
-            _report(where, e.reason, next_source)
+            report_failure(where, e.reason, next_source)
     raise DownloadError(url, "every source failed: " + "; ".join(failures))
 
 
