@@ -159,8 +159,8 @@ def run(model: str = "", source: str | None = None, list: bool = False) -> None:
     fetch_model(model, source)
 
 
-def main() -> None:
-    fire_command(run, prog="python -m jukebox.download")
+def main(argv: list[str] | None = None) -> None:
+    fire_command(run, argv, prog="python -m jukebox.download")
 
 
 if __name__ == "__main__":

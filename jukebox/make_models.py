@@ -451,9 +451,8 @@ def _fits(checkpoint: PortCheckpoint, module: nn.Module) -> bool:
     if not keys:
         return False
     try:
-        from_transformers_state_dict({k: _ShapeOnly(checkpoint[k].shape) for k in keys}, module,
-                                     *((None, None) if isinstance(module, VQVAE) else (module.level, module.levels)))
-    except ValueError:
+        _from_transformers({k: _ShapeOnly(checkpoint[k].shape) for k in keys}, module, checkpoint.where)
+    except CheckpointError:
         return False
     return True
 

@@ -18,7 +18,7 @@ import torch
 
 from conftest import DATA, HELPERS, IDS_DIR
 from helpers.tiny_model import tiny_model
-from jukebox import download, make_models
+from jukebox import download, make_models, sample
 from jukebox.data.artist_genre_processor import ArtistGenreProcessor
 from jukebox.hparams import HPARAMS_REGISTRY, setup_hparams
 from jukebox.utils import port_checkpoint, sources
@@ -284,3 +284,38 @@ def test_download_command_fetches_checks_and_lists(tiny, hub, registered, capsys
     download.run(list=True)
     out = capsys.readouterr().out
     assert REPO in out and _shard_name(3) in out
+
+
+
+def test_bad_weights_source_is_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        download.main(["--model=1b_lyrics", "--source=nope"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: unknown weights source 'nope': use openai or hf (or leave it out to "
+                                       "try the cache, OpenAI's storage, then the Hugging Face hub)\n")
+    with pytest.raises(ValueError, match="unknown weights source 'nope'"):
+        sample.main(["--model=1b_lyrics", "--name=unused", "--weights_source=nope"])
+
+
+def test_safetensors_shards_are_read_lazily_and_checked(tiny, tmp_path, registered, monkeypatch):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "st"
+    folder.mkdir()
+    state = to_transformers_state_dict(tiny["parts"][0], tiny["parts"][1:])
+    names = {p: f"model-{k:05d}-of-00003.safetensors" for p, k in SHARDS.items()}
+    weight_map = {key: next(n for p, n in names.items() if key.startswith(p)) for key in state}
+    for name in set(names.values()):
+        save_file({k: v.clone().contiguous() for k, v in state.items() if weight_map[k] == name}, folder / name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(dict(weight_map=weight_map)))
+    opened = _opened(monkeypatch)
+    vqvae = make_models.make_vqvae(setup_hparams("tiny_vqvae", dict(sample_length=512, restore_vqvae=str(folder))),
+                                   "cpu")
+    _assert_equal(vqvae.state_dict(), tiny["parts"][0])
+    assert opened == [names["vqvae."]]
+
+    shard = folder / names["priors.1."]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    lazy = make_models.LazyPrior(setup_hparams("tiny_upsampler_1", dict(restore_prior=str(folder))), vqvae)
+    with pytest.raises(CheckpointError, match=rf"shard .*{names['priors.1.']} is truncated or corrupt"):
+        lazy.load("cpu")

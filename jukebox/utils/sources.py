@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from jukebox.data.artist_genre_processor import HUB_TABLES
 from jukebox.utils.dist_utils import print_all
 from jukebox.utils.hub import HubRepo, MissingHubFile, hub_file, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
@@ -148,11 +149,13 @@ def _locate_released(url: str, prefix: str, hub_repo: str, source: str | None) -
 
 def label_tables_source(ref: str, origin: Origin = ANY_SOURCE) -> str | None:
     """Where the artist/genre tables of weights ``ref`` come from: the hub repository (``hf://...``) or a local
-    port folder when the weights do, else None (the original's tables, ``artist_genre_processor``)."""
+    port folder holding the hub's tables when the weights do, else None (the original's tables,
+    ``artist_genre_processor``)."""
     if is_hub_uri(ref):
         return ref
     if origin.source == "hf" and origin.hub_repo:
         return HubRepo(origin.hub_repo).uri
-    if ref and not is_url(ref) and is_port_folder(ref):
+    if ref and not is_url(ref) and is_port_folder(ref) and all((Path(ref) / name).is_file()
+                                                                for name in HUB_TABLES.values()):
         return ref
     return None

@@ -1,13 +1,14 @@
 """Peak host memory of restoring one part out of a sharded port checkpoint.
 
-    python tests/helpers/restore_part_memory.py write FOLDER MIB   # the tiny model + MIB of other parts' shards
-    python tests/helpers/restore_part_memory.py measure FOLDER     # restore the level-0 upsampler, report the peak
+    python tests/helpers/restore_part_memory.py write FOLDER MIB [WIDTH]  # the tiny model + MIB of other shards
+    python tests/helpers/restore_part_memory.py measure FOLDER [WIDTH]    # restore the level-0 upsampler
 
-``write`` saves the tiny model in the port's layout, its level-0 upsampler (priors.2.*) in a shard of its own,
-and ``MIB`` MiB of another prior's tensors in 256 MiB shards. ``measure`` (run in a fresh process) builds the
-upsampler with no weights, notes the peak resident memory (``ru_maxrss``), restores it from FOLDER through
-``LazyPrior.load`` and prints one JSON line: the peak's increase, the shards opened, and whether the weights are
-the saved ones.
+``write`` saves the tiny model in the port's layout, its level-0 upsampler (priors.2.*, transformer width
+``WIDTH``, default 16) in a shard of its own, and ``MIB`` MiB of another prior's tensors in 256 MiB shards.
+``measure`` (run in a fresh process) builds the upsampler with no weights, notes the peak resident memory
+(``ru_maxrss``), restores it from FOLDER through ``LazyPrior.load``, reads every weight once and prints one JSON
+line: the peak's increase after loading and after reading, the part's size, the shards opened, and whether the
+weights are the saved ones.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 from helpers.tiny_model import register, save_tiny_checkpoints, unregister
 from jukebox import make_models
-from jukebox.hparams import setup_hparams
+from jukebox.hparams import HPARAMS_REGISTRY, setup_hparams
 from jukebox.utils import port_checkpoint
 from jukebox.utils.checkpoint import load_checkpoint
 from jukebox.utils.transformers_format import to_transformers_state_dict
@@ -29,11 +30,16 @@ PART_SHARD = "pytorch_model-00001-of-00002.bin"
 SHARD_MIB = 256
 
 
-def write(folder: Path, other_mib: int) -> dict:
+def _register(ours: Path, width: int) -> None:
+    register(ours)
+    HPARAMS_REGISTRY["tiny_upsampler_0"].prior_width = width
+
+
+def write(folder: Path, other_mib: int, width: int) -> dict:
     folder.mkdir(parents=True)
     ours = folder / "ours"
     ours.mkdir()
-    register(ours)
+    _register(ours, width)
     save_tiny_checkpoints(ours)
     parts = [load_checkpoint(ours / f"{n}.pth.tar")["model"]
              for n in ("tiny_vqvae", "tiny_upsampler_0", "tiny_upsampler_1", "tiny_lyrics_prior")]
@@ -53,8 +59,8 @@ def write(folder: Path, other_mib: int) -> dict:
     return dict(other_mib=other_mib, part_shard=PART_SHARD)
 
 
-def measure(folder: Path) -> dict:
-    register(folder / "ours")
+def measure(folder: Path, width: int) -> dict:
+    _register(folder / "ours", width)
     try:
         opened: list[str] = []
         real = port_checkpoint._open_shard
@@ -63,12 +69,16 @@ def measure(folder: Path) -> dict:
         lazy = make_models.LazyPrior(setup_hparams("tiny_upsampler_0", dict(restore_prior=str(folder))), vqvae)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         module = lazy.load("cpu")
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for tensor in module.state_dict().values():  # page in every weight, as sampling would
+            tensor.float().sum()
+        read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         saved = load_checkpoint(folder / "ours" / "tiny_upsampler_0.pth.tar")["model"]
         state = module.state_dict()
         equal = state.keys() == saved.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
         part_mib = sum(v.nbytes for v in saved.values()) / 2**20
-        return dict(peak_increase_mib=round((after - before) / 1024, 1), part_mib=round(part_mib, 3),
+        return dict(peak_increase_mib=round((read - before) / 1024, 1),
+                    after_load_mib=round((loaded - before) / 1024, 1), part_mib=round(part_mib, 3),
                     shards_opened=opened, restored_equal=equal)
     finally:
         unregister()
@@ -76,4 +86,7 @@ def measure(folder: Path) -> dict:
 
 if __name__ == "__main__":
     mode, folder = sys.argv[1], Path(sys.argv[2])
-    print(json.dumps(write(folder, int(sys.argv[3])) if mode == "write" else measure(folder)))
+    if mode == "write":
+        print(json.dumps(write(folder, int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 16)))
+    else:
+        print(json.dumps(measure(folder, int(sys.argv[3]) if len(sys.argv) > 3 else 16)))
