@@ -21,7 +21,7 @@ from helpers.tiny_model import tiny_model
 from jukebox import download, make_models, sample
 from jukebox.data.artist_genre_processor import ArtistGenreProcessor
 from jukebox.hparams import HPARAMS_REGISTRY, setup_hparams
-from jukebox.utils import port_checkpoint, sources
+from jukebox.utils import port_checkpoint, remote, sources
 from jukebox.utils.checkpoint import CheckpointError, load_checkpoint
 from jukebox.utils.remote import DownloadError
 from jukebox.utils.transformers_format import to_transformers_state_dict
@@ -237,7 +237,7 @@ def test_checkpoint_of_another_model_names_the_mismatch(tiny, registered):
 
 def test_released_sources_are_tried_in_order(tiny, hub, registered, monkeypatch, capsys):
     dead = [hub.url + "/blob/jukebox/tiny/prior.pth.tar", hub.url + "/cdn/jukebox/tiny/prior.pth.tar"]
-    monkeypatch.setattr(sources, "mirror_urls", lambda url: dead)
+    monkeypatch.setattr(remote, "mirror_urls", lambda url: dead)
     HPARAMS_REGISTRY["tiny_upsampler_1"].restore_prior = "https://openaipublic.azureedge.net/jukebox/tiny/p1.pth.tar"
     _, priors = make_models.make_model("tiny_test", "cpu", setup_hparams("", dict(sample_length=512)), levels=[1])
     _assert_equal(priors[0].load("cpu").state_dict(), tiny["parts"][2])

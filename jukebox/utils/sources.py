@@ -21,18 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jukebox.data.artist_genre_processor import HUB_TABLES
-from jukebox.utils.dist_utils import print_all
 from jukebox.utils.hub import HubRepo, MissingHubFile, hub_file, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
-from jukebox.utils.remote import (
-    DownloadError,
-    cache_path,
-    download,
-    is_url,
-    mirror_urls,
-    report_failure,
-    resolve_path,
-)
+from jukebox.utils.remote import DownloadError, cache_path, is_url, report_failure, resolve_path
 
 __all__ = ["SOURCES", "HUB_REPOS", "Origin", "ANY_SOURCE", "check_source", "hub_repo_of", "hub_checkpoint",
            "locate_weights", "label_tables_source"]
@@ -94,14 +85,6 @@ def hub_checkpoint(repo: HubRepo, prefix: str = "", local_only: bool = False) ->
     return checkpoint
 
 
-def _released_sources(url: str, hub_repo: str, source: str | None) -> list[tuple[str, str]]:
-    """(kind, where) pairs in the order they are tried, after the caches."""
-    sources = [("openai", u) for u in mirror_urls(url)] if source in (None, "openai") else []
-    if source in (None, "hf") and hub_repo:
-        sources.append(("hf", HubRepo(hub_repo).uri))
-    return sources
-
-
 def locate_weights(ref: str, prefix: str, origin: Origin = ANY_SOURCE) -> str | PortCheckpoint:
     """A local checkpoint file (its path) or a port checkpoint holding the part ``prefix`` (``vqvae.``,
     ``priors.{i}.``) for the reference ``ref``.
@@ -122,28 +105,31 @@ def locate_weights(ref: str, prefix: str, origin: Origin = ANY_SOURCE) -> str | 
 
 
 def _locate_released(url: str, prefix: str, hub_repo: str, source: str | None) -> str | PortCheckpoint:
-    cached = cache_path(url)
-    if source in (None, "openai") and cached.is_file():
-        return str(cached)
-    if source in (None, "hf") and hub_repo:
+    """The chain of the module docstring: the caches, then OpenAI's mirrors (``resolve_path``: local rank 0
+    downloads, under a lock), then the hub."""
+    use_openai, use_hub = source in (None, "openai"), source in (None, "hf") and bool(hub_repo)
+    if use_openai and cache_path(url).is_file():
+        return str(cache_path(url))
+    if use_hub:
         try:
             return hub_checkpoint(HubRepo(hub_repo), prefix, local_only=True)
         except DownloadError:
             pass  # not cached: fetched below, in its turn
-    sources = _released_sources(url, hub_repo, source)
-    if not sources:
-        raise DownloadError(url, f"no source left: the hub has no repository for it and --weights_source={source}")
+    hub_uri = HubRepo(hub_repo).uri if use_hub else None
     failures = []
-    for i, (kind, where) in enumerate(sources):
-        next_source = sources[i + 1][1] if i + 1 < len(sources) else None
+    if use_openai:
         try:
-            if kind == "hf":
-                return hub_checkpoint(parse_hub_uri(where), prefix)
-            print_all(f"Downloading {where} to {cached}")
-            return str(download(where, cached))
+            return resolve_path(url, then=hub_uri)
         except DownloadError as e:
-            failures.append(f"{where}: {e.reason}")
-            report_failure(where, e.reason, next_source)
+            failures.append(f"{e.url}: {e.reason}")
+    if use_hub:
+        try:
+            return hub_checkpoint(HubRepo(hub_repo), prefix)
+        except DownloadError as e:
+            report_failure(hub_uri, e.reason, None)
+            failures.append(f"{hub_uri}: {e.reason}")
+    if not failures:
+        raise DownloadError(url, f"no source left: the hub has no repository for it and the source is {source}")
     raise DownloadError(url, "every source failed: " + "; ".join(failures))
 
 
