@@ -5,8 +5,9 @@
 
 Each part (the VQ-VAE, each prior) is fetched from its sources in order, as sampling would
 (``jukebox.utils.sources``), then the artist/genre tables of the same source. Every file is checked once it is
-here: OpenAI's checkpoints must be complete archives (their transfer was checked against the server's size),
-hub files must have the size and sha256 the hub announces. ``--list`` shows what the caches hold.
+here: OpenAI's checkpoints must be complete torch files (their transfer was checked against the server's size;
+no sha256 is published), hub files must have the size and sha256 the hub announces. ``--list`` shows what the
+caches hold.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from jukebox.hparams import setup_hparams
 from jukebox.make_models import model_sets, resolve_model
 from jukebox.utils.cli import fire_command
 from jukebox.utils.hub import hub_cache_dir, hub_file_metadata, is_hub_uri, parse_hub_uri
-from jukebox.utils.port_checkpoint import PortCheckpoint
+from jukebox.utils.port_checkpoint import PortCheckpoint, is_legacy_torch_file
 from jukebox.utils.remote import DownloadError, cache_dir
 from jukebox.utils.sources import HUB_REPOS, Origin, check_source, hub_repo_of, locate_weights
 from jukebox.utils.transformers_format import transformers_prefix
@@ -64,11 +65,15 @@ def _check_hub_file(repo_uri: str, name: str, path: Path) -> str:
     return "ok (size, sha256)"
 
 
-def _check_archive(path: Path) -> str:
-    if not zipfile.is_zipfile(path):
-        raise DownloadError(str(path), "not a complete torch zip archive (truncated or corrupt): delete it and run "
-                                       "this again")
-    return "ok (complete archive; no sha256 published)"
+def _check_torch_file(path: Path) -> str:
+    """OpenAI's checkpoints: a zip archive must be complete; the released files (pre-1.6 torch format) had their
+    size checked against the server's when they were downloaded."""
+    if zipfile.is_zipfile(path):
+        return "ok (complete archive)"
+    if is_legacy_torch_file(path):
+        return "ok (size checked against the server's when downloaded; no sha256 published)"
+    raise DownloadError(str(path), "neither a complete torch zip archive nor a torch file of the old format "
+                                   "(truncated or corrupt): delete it and run this again")
 
 
 def _parts(name: str, ref: str) -> Iterator[tuple[str, str, str, bool | None]]:
@@ -81,15 +86,20 @@ def _parts(name: str, ref: str) -> Iterator[tuple[str, str, str, bool | None]]:
                bool(hps.labels_v3) if hps.labels else None)
 
 
-def _fetch_part(label: str, ref: str, prefix: str, origin: Origin) -> None:
+def _fetch_part(label: str, ref: str, prefix: str, origin: Origin, checked: dict[Path, str]) -> None:
+    """Fetch one part, print a line per file; ``checked`` remembers each file's check (shards hold several parts)."""
     located = locate_weights(ref, prefix, origin)
     if isinstance(located, PortCheckpoint):
         for name, path in zip(located.shards_with(prefix), located.prefetch(prefix)):
-            check = _check_hub_file(located.where, name, path) if is_hub_uri(located.where) else "local folder"
-            print(f"{label:14s} {path}  {_size(path.stat().st_size)}  {check}")
+            if path not in checked:
+                checked[path] = _check_hub_file(located.where, name, path) if is_hub_uri(located.where) \
+                    else "local folder"
+            print(f"{label:14s} {path}  {_size(path.stat().st_size)}  {checked[path]}")
         return
     path = Path(located)
-    print(f"{label:14s} {path}  {_size(path.stat().st_size)}  {_check_archive(path)}")
+    if path not in checked:
+        checked[path] = _check_torch_file(path)
+    print(f"{label:14s} {path}  {_size(path.stat().st_size)}  {checked[path]}")
 
 
 def _fetch_tables(versions: set[bool], ref: str, origin: Origin) -> None:
@@ -112,9 +122,9 @@ def fetch_model(model: str, source: str | None = None) -> None:
     source = check_source(source)
     name, ref = resolve_model(model)
     origin = Origin("" if ref else hub_repo_of(name, source), source)
-    versions = set()
+    versions, checked = set(), {}
     for label, part_ref, prefix, v3 in _parts(name, ref):
-        _fetch_part(label, part_ref, prefix, origin)
+        _fetch_part(label, part_ref, prefix, origin, checked)
         if v3 is not None:
             versions.add(v3)
     if versions and (not ref or is_hub_uri(ref)):

@@ -61,7 +61,8 @@ def tiny(tmp_path_factory):
 
 
 class _Hub(BaseHTTPRequestHandler):
-    """``{endpoint}/{repo}/resolve/{revision}/{file}`` of the files in ``server.files`` (repo -> name -> bytes),
+    """``{endpoint}/{repo}/resolve/{revision}/{file}`` of the files in ``server.files`` (repo -> name -> bytes)
+    and plain files at ``server.plain`` (path -> bytes),
     answering HEAD with the headers huggingface_hub reads; ``server.cut[name]`` closes the first GET of that
     file after so many bytes. Other repos and files are 404."""
 
@@ -70,7 +71,7 @@ class _Hub(BaseHTTPRequestHandler):
 
     def _lookup(self) -> bytes | None:
         m = re.fullmatch(r"/(.+?/.+?)/resolve/([^/]+)/(.+)", self.path)
-        return None if m is None else self.server.files.get(m[1], {}).get(m[3])
+        return self.server.plain.get(self.path) if m is None else self.server.files.get(m[1], {}).get(m[3])
 
     def _headers(self, data: bytes, status: int, body_len: int) -> None:
         self.send_response(status)
@@ -116,7 +117,7 @@ def hub(tiny, tmp_path, monkeypatch):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     httpd.daemon_threads = True
     httpd.files = {REPO: {p.name: p.read_bytes() for p in tiny["folder"].iterdir()}}
-    httpd.requests, httpd.cut = [], {}
+    httpd.requests, httpd.cut, httpd.plain = [], {}, {}
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -275,15 +276,28 @@ def test_hub_tables_give_the_original_tables_ids(tiny, hub, registered):
     assert lazy.labeller.ag_processor.artist_id_file.name == "artists.json"
 
 
-def test_download_command_fetches_checks_and_lists(tiny, hub, registered, capsys):
+def test_download_command_fetches_checks_and_lists(tiny, hub, registered, capsys, monkeypatch):
     download.run(model=f"hf://{REPO}")
     out = capsys.readouterr().out
     for k in (1, 2, 3):
         assert re.search(rf"{_shard_name(k)}  .* ok \(size, sha256\)", out), out
     assert "artists.json" in out and f"hf://{REPO}: everything is here" in out
+    for name in ("tiny_vqvae", "tiny_upsampler_0", "tiny_upsampler_1", "tiny_lyrics_prior"):
+        hub.plain[f"/jukebox/{name}.pth.tar"] = (tiny["ours"] / f"{name}.pth.tar").read_bytes()
+        key = "restore_vqvae" if name == "tiny_vqvae" else "restore_prior"
+        HPARAMS_REGISTRY[name][key] = f"{hub.url}/jukebox/{name}.pth.tar"
+    for table in IDS_DIR.iterdir():  # the original's tables, from $JUKEBOX_IDS_URL
+        hub.plain[f"/ids/{table.name}"] = table.read_bytes()
+    monkeypatch.setenv("JUKEBOX_IDS_URL", hub.url + "/ids/")
+    monkeypatch.delenv("JUKEBOX_IDS_DIR", raising=False)
+    download.run(model="tiny_test", source="openai")
+    out = capsys.readouterr().out
+    assert len(re.findall(r"cache/127\.0\.0\.1_\d+/jukebox/tiny_.*ok \(complete archive\)", out)) == 4, out
+    assert len(re.findall(r"labels .*cache/ids/v[23]_(artist|genre)_ids\.txt", out)) == 4, out
+
     download.run(list=True)
     out = capsys.readouterr().out
-    assert REPO in out and _shard_name(3) in out
+    assert REPO in out and _shard_name(3) in out and "tiny_lyrics_prior.pth.tar" in out
 
 
 

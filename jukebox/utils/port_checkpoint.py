@@ -25,7 +25,7 @@ from jukebox.utils.checkpoint import CheckpointError
 from jukebox.utils.cli import error_message
 
 __all__ = ["INDEX_NAMES", "SINGLE_NAMES", "PortCheckpoint", "is_port_folder", "read_index", "open_port_folder",
-           "open_port_file", "local_fetch"]
+           "open_port_file", "local_fetch", "is_legacy_torch_file"]
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -106,11 +106,12 @@ def _open_shard(path: Path) -> Mapping[str, torch.Tensor]:
             raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from e
         except Exception as e:  # noqa: BLE001 - safetensors words a bad header or a short file its own way
             raise CheckpointError(f"shard {path} is truncated or corrupt ({error_message(e)}); {advice}") from None
-    if not zipfile.is_zipfile(path):
+    zipped = zipfile.is_zipfile(path)
+    if not zipped and not is_legacy_torch_file(path):
         raise CheckpointError(f"shard {path} is truncated or corrupt (not a complete torch zip archive, "
                               f"{path.stat().st_size} bytes); {advice}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # the old pickle-only format cannot be memory-mapped: it is read whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError:
         raise  # intact, but holds objects other than tensors: refused as such, not as damage
     except Exception as e:  # noqa: BLE001 - torch's reader raises RuntimeError/ValueError/EOFError on damage
@@ -118,6 +119,12 @@ def _open_shard(path: Path) -> Mapping[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"shard {path} holds a {type(state).__name__}, expected a state_dict")
     return state
+
+
+def is_legacy_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a file of ``torch.save``'s pre-1.6 format (a pickle, protocol 2)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x80\x02"
 
 
 def is_port_folder(path: str | Path) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jukebox.data.artist_genre_processor import HUB_TABLES
+from jukebox.utils.checkpoint import CheckpointError
 from jukebox.utils.hub import HubRepo, MissingHubFile, hub_file, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
 from jukebox.utils.remote import DownloadError, cache_path, is_url, report_failure, resolve_path
@@ -81,7 +82,8 @@ def hub_checkpoint(repo: HubRepo, prefix: str = "", local_only: bool = False) ->
     failed transfer shows here rather than half-way through restoring."""
     checkpoint = open_port_folder(_hub_fetch(repo, local_only), repo.uri)
     if prefix and not checkpoint.prefetch(prefix):
-        raise DownloadError(repo.uri, f"the checkpoint holds no tensor named {prefix}*")
+        raise CheckpointError(f"{repo.uri}: the checkpoint holds no tensor named {prefix}* (a checkpoint of "
+                              "another model?)")
     return checkpoint
 
 
