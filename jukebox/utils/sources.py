@@ -63,17 +63,22 @@ def hub_repo_of(model: str, source: str | None) -> str:
     if source == "hf" and not repo:
         on_hub = ", ".join(f"{name} ({repo})" for name, repo in HUB_REPOS.items())
         raise ValueError(f"model {model!r} has no repository on the Hugging Face hub (only {on_hub} do): use "
-                         "--weights_source=openai, or leave it out")
+                         "the openai source, or leave the source out")
     return repo
 
 
 def _hub_fetch(repo: HubRepo, local_only: bool):
-    """``fetch`` for ``open_port_folder`` over a hub repo: a missing file is None, any other failure raises."""
+    """``fetch`` for ``open_port_folder`` over a hub repo: a missing file (``local_only``: one not in the cache)
+    is None, any other failure raises."""
     def fetch(name: str) -> Path | None:
         try:
             return hub_file(repo, name, local_only=local_only)
         except MissingHubFile:
             return None
+        except DownloadError:
+            if local_only:
+                return None
+            raise
     return fetch
 
 
@@ -115,8 +120,8 @@ def _locate_released(url: str, prefix: str, hub_repo: str, source: str | None) -
     if use_hub:
         try:
             return hub_checkpoint(HubRepo(hub_repo), prefix, local_only=True)
-        except DownloadError:
-            pass  # not cached: fetched below, in its turn
+        except (DownloadError, CheckpointError):
+            pass  # not (all) cached: fetched below, in its turn
     hub_uri = HubRepo(hub_repo).uri if use_hub else None
     failures = []
     if use_openai:
