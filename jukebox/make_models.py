@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import gc
 import os
 from collections.abc import Mapping, Sequence
@@ -19,18 +20,30 @@ from jukebox.utils.checkpoint import (
     state_dict_problems,
     strip_module_prefix,
 )
-from jukebox.utils.dist_utils import print_once
+from jukebox.utils.dist_utils import print_all, print_once
+from jukebox.utils.hub import is_hub_uri, parse_hub_uri
+from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
 from jukebox.utils.remote import resolve_path
+from jukebox.utils.sources import (
+    ANY_SOURCE,
+    HUB_REPOS,
+    Origin,
+    check_source,
+    hub_repo_of,
+    label_tables_source,
+    locate_weights,
+)
 from jukebox.utils.transformers_format import (
     from_transformers_state_dict,
     is_transformers_state_dict,
     load_transformers_state_dict,
+    transformers_prefix,
 )
 from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
 
 __all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
            "read_checkpoint", "restore_model", "make_vqvae", "make_prior", "make_labeller", "MODELS", "LazyPrior",
-           "make_model", "model_sets", "model_sample_rate"]
+           "make_model", "model_sets", "model_sample_rate", "model_name", "resolve_model"]
 
 # Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
 # Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
@@ -60,33 +73,44 @@ def _is_transformers_folder_or_file(path: str) -> bool:
     return os.path.isdir(path) or path.endswith(".safetensors")
 
 
-def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
-    """The contents of ``checkpoint_path`` (a local path, or an ``http(s)://`` URL downloaded once into the
-    cache by ``jukebox.utils.remote``): a checkpoint dict, or the flat state_dict of a transformers-format
-    folder or ``.safetensors`` file."""
-    path = resolve_checkpoint_path(checkpoint_path)
-    if _is_transformers_folder_or_file(path):
-        return load_transformers_state_dict(path)
-    return load_checkpoint(path)
+def _part_prefix(model: nn.Module) -> str:
+    """The port's key prefix of ``model``'s tensors: ``vqvae.`` or ``priors.{i}.``."""
+    return "vqvae." if isinstance(model, VQVAE) else transformers_prefix(model.level, model.levels)
+
+
+def read_checkpoint(checkpoint_path: str, origin: Origin = ANY_SOURCE, prefix: str = "") -> Mapping[str, Any]:
+    """The contents of ``checkpoint_path``: a checkpoint dict, or the port's flat state_dict (read lazily, see
+    ``jukebox.utils.port_checkpoint``) of a folder, a ``.safetensors`` file or ``hf://owner/name[@revision]``.
+
+    URLs are downloaded once into the cache; ``origin`` and ``prefix`` (the part wanted) choose among the
+    sources of a released model's part (``jukebox.utils.sources.locate_weights``).
+    """
+    located = locate_weights(checkpoint_path, prefix, origin)
+    if isinstance(located, PortCheckpoint):
+        return located
+    if _is_transformers_folder_or_file(located):
+        return load_transformers_state_dict(located)
+    return load_checkpoint(located)
 
 
 def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str,
-                  checkpoint: Mapping[str, Any] | None = None) -> None:
+                  checkpoint: Mapping[str, Any] | None = None, origin: Origin = ANY_SOURCE) -> None:
     """Load ``checkpoint_path`` into ``model`` (see :func:`read_checkpoint`); '' loads nothing.
 
     ``checkpoint``: its contents when the caller has read them already, so that the file is read once.
-    Sets ``model.step`` to the checkpoint's step (0 without one).
+    ``origin``: the other sources of a released model's part. Sets ``model.step`` to the checkpoint's step (0
+    without one).
     """
     model.step = 0
     if not checkpoint_path:
         return
     if checkpoint is None:
-        checkpoint = read_checkpoint(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path, origin, _part_prefix(model))
     if isinstance(model, VQVAE):
         _check_vqvae_sample_rate(checkpoint, checkpoint_path, hps.sr)
     state_dict = checkpoint.get("model", checkpoint)
     if is_transformers_state_dict(state_dict):
-        state_dict = _from_transformers(state_dict, model)
+        state_dict = _from_transformers(state_dict, model, checkpoint_path)
     load_state_dict_checked(model, state_dict)
     model.step = int(checkpoint.get("step", 0))
 
@@ -100,9 +124,10 @@ def _check_vqvae_sample_rate(checkpoint: Mapping[str, Any], path: str, sr: int) 
 
 
 def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
-               checkpoint: Mapping[str, Any] | None = None) -> VQVAE:
+               checkpoint: Mapping[str, Any] | None = None, origin: Origin = ANY_SOURCE) -> VQVAE:
     """The VQ-VAE of ``hps`` on ``device``, restored from ``hps.restore_vqvae`` if set (``checkpoint``: its
-    contents when the caller has read them already with :func:`read_checkpoint`).
+    contents when the caller has read them already with :func:`read_checkpoint`; ``origin``: the other sources
+    of a released VQ-VAE).
 
     Without ``hps.sample_length``, it is set (in ``hps``, as the original does) to
     ``sample_length_in_seconds * sr`` rounded down to a multiple of the top hop length. On the
@@ -127,7 +152,7 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
                       multipliers=hps.hvqvae_multipliers, use_bottleneck=hps.use_bottleneck, **block_kwargs)
 
     if device.type != "meta":
-        restore_model(hps, vqvae, hps.restore_vqvae, checkpoint)
+        restore_model(hps, vqvae, hps.restore_vqvae, checkpoint, origin)
     if hps.train and not hps.prior:
         if hps.restore_vqvae and device.type != "meta":
             for level, block in enumerate(vqvae.bottleneck.level_blocks):
@@ -210,28 +235,34 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
     return prior
 
 
-def _from_transformers(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Our part of a transformers-format (``JukeboxModel``) state_dict: the VQ-VAE's, or the prior's of its level."""
-    if isinstance(model, VQVAE):
-        return from_transformers_state_dict(state_dict, model)
-    return from_transformers_state_dict(state_dict, model, model.level, model.levels)
+def _from_transformers(state_dict: Mapping[str, torch.Tensor], model: nn.Module, where: str) -> dict[str, torch.Tensor]:
+    """Our part of a transformers-format (``JukeboxModel``) state_dict: the VQ-VAE's, or the prior's of its level.
+    Only that part's tensors are read; a checkpoint of another model is a ``CheckpointError`` naming ``where``."""
+    try:
+        if isinstance(model, VQVAE):
+            return from_transformers_state_dict(state_dict, model)
+        return from_transformers_state_dict(state_dict, model, model.level, model.levels)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
 
 
-def _read_weights(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
+def _read_weights(path: str, model: nn.Module, origin: Origin = ANY_SOURCE) -> dict[str, torch.Tensor]:
     """The state_dict for ``model`` in ``path`` (our checkpoint or the transformers port's), memory-mapped where
-    the file format allows, so tensors are paged in as they are used rather than all at once."""
-    path = resolve_checkpoint_path(path)
-    if _is_transformers_folder_or_file(path):
-        state = load_transformers_state_dict(path)
-    else:
-        try:
-            with torch.serialization.safe_globals([Hyperparams]):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # old (non-zip) files cannot be memory-mapped; load_checkpoint also words the errors
-            checkpoint = load_checkpoint(path)
-        state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    state = strip_module_prefix(state)
-    return _from_transformers(state, model) if is_transformers_state_dict(state) else state
+    the file format allows, so tensors are paged in as they are used rather than all at once; of a sharded
+    checkpoint only the shards holding ``model``'s tensors are fetched and opened."""
+    located = locate_weights(path, _part_prefix(model), origin)
+    if isinstance(located, PortCheckpoint) or _is_transformers_folder_or_file(located):
+        state = located if isinstance(located, PortCheckpoint) else load_transformers_state_dict(located)
+        return _from_transformers(state, model, path)
+    try:
+        with torch.serialization.safe_globals([Hyperparams]):
+            checkpoint = torch.load(located, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # old (non-zip) files cannot be memory-mapped; load_checkpoint also words the errors
+        checkpoint = load_checkpoint(located)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if is_transformers_state_dict(state):
+        return _from_transformers(state, model, path)
+    return strip_module_prefix(state)
 
 
 def _retie(module: nn.Module, groups: list[list[str]]) -> None:
@@ -243,14 +274,26 @@ def _retie(module: nn.Module, groups: list[list[str]]) -> None:
             setattr(module.get_submodule(owner), leaf, param)
 
 
-def make_labeller(prior: nn.Module, ids_dir: str | os.PathLike | None = None) -> Labeller | EmptyLabeller:
+def make_labeller(prior: nn.Module, ids_dir: str | os.PathLike | None = None,
+                  hub_repo: str = "") -> Labeller | EmptyLabeller:
     """The labeller of ``prior`` (a ``SimplePrior``): its label vectors, lyric windows and artist/genre ids.
-    Reads the id tables from ``ids_dir`` (default: ``$JUKEBOX_IDS_DIR``, else the cache, where the released
-    ones are downloaded to the first time)."""
+    Reads the id tables from ``ids_dir`` (a folder in the original's or the hub's layout, or ``hf://...``; default:
+    ``$JUKEBOX_IDS_DIR``, else the cache, where the released ones are downloaded to the first time). When those
+    cannot be had and ``hub_repo`` is given, the hub repository's tables are used instead."""
     if not prior.y_cond:
         return EmptyLabeller()
-    return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
-                    ids_dir=ids_dir)
+
+    def labeller(ids: str | os.PathLike | None) -> Labeller:
+        return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
+                        ids_dir=ids)
+
+    if ids_dir is not None or not hub_repo or os.environ.get("JUKEBOX_IDS_DIR"):
+        return labeller(ids_dir)
+    try:
+        return labeller(None)
+    except FileNotFoundError as e:
+        print_all(f"labels: the original's artist/genre tables failed: {e}; trying hf://{hub_repo}")
+        return labeller(f"hf://{hub_repo}")
 
 
 class LazyPrior:
@@ -260,11 +303,12 @@ class LazyPrior:
     (``n_ctx``, ``raw_to_tokens``, ``labeller``, ``get_y``, ``get_z_conds``, ...; reading an attribute it does not
     have reads the module's). ``load(device)`` reads ``hps.restore_prior`` and assigns its tensors into the module
     as they come (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
-    ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use.
+    ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use
+    (default: the tables of the weights' source). ``origin``: the other sources of a released prior.
     """
 
-    def __init__(self, hps: Hyperparams, vqvae: VQVAE) -> None:
-        self.hps, self.vqvae = hps, vqvae
+    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE) -> None:
+        self.hps, self.vqvae, self.origin = hps, vqvae, origin
         self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta")
         self.tied = _tied_groups(self.module)
         self.device: torch.device | None = None
@@ -278,7 +322,11 @@ class LazyPrior:
     @property
     def labeller(self) -> Labeller | EmptyLabeller:
         if self.module.labeller is None:
-            self.module.labeller = make_labeller(self.module, self.ids_dir)
+            ids_dir = self.ids_dir
+            if ids_dir is None:
+                ids_dir = label_tables_source(self.hps.restore_prior, self.origin)
+            fallback = self.origin.hub_repo if self.origin.source is None else ""
+            self.module.labeller = make_labeller(self.module, ids_dir, fallback)
         return self.module.labeller
 
     @labeller.setter
@@ -300,7 +348,7 @@ class LazyPrior:
             fresh.labeller = self.module.labeller
             self.module = fresh
         else:
-            self._assign(_read_weights(self.hps.restore_prior, self.module))
+            self._assign(_read_weights(self.hps.restore_prior, self.module, self.origin))
         self.module.to(device)
         self.device = device
         return self.module
@@ -348,28 +396,102 @@ def model_sets(model: str) -> tuple[str, ...]:
         close = difflib.get_close_matches(model, list(MODELS), n=3)
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}"
                          + (f" (did you mean {', '.join(close)}?)" if close else "")
-                         + ". Add your own to MODELS in jukebox/make_models.py.")
+                         + ", a hub repository such as hf://openai/jukebox-1b-lyrics, or a folder in its layout."
+                         " Add your own to MODELS in jukebox/make_models.py.")
     return MODELS[model]
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """(name in ``MODELS``, weights reference) of a ``--model`` value: a ``MODELS`` name (its registry's weights:
+    reference ''), ``hf://owner/name[@revision]`` of a released model, or a local folder in the transformers
+    port's layout, whose model is the one its tensors fit."""
+    if model in MODELS:
+        return model, ""
+    if is_hub_uri(model):
+        repo = parse_hub_uri(model)
+        by_name = {hub.split("/")[1]: name for name, hub in HUB_REPOS.items()}
+        name = by_name.get(repo.repo_id.split("/")[1])
+        if name is None:
+            raise ValueError(f"{model}: which model a hub repository holds is known for {', '.join(by_name)}; "
+                             "for another, download it (hf download OWNER/NAME --local-dir DIR) and pass "
+                             "--model=DIR, whose tensors tell the model")
+        return name, model
+    if is_port_folder(model):
+        return _folder_model(os.path.abspath(model)), model
+    model_sets(model)  # raises, listing what is accepted
+    raise AssertionError("unreachable")
+
+
+def model_name(model: str) -> str:
+    """The ``MODELS`` name of a ``--model`` value (see :func:`resolve_model`)."""
+    return resolve_model(model)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_model(folder: str) -> str:
+    """The ``MODELS`` entry whose VQ-VAE and top prior the port checkpoint in ``folder`` fits (shapes only: the
+    tensors are memory-mapped, not read)."""
+    checkpoint = open_port_folder(local_fetch(folder), folder)
+    for name, sets in MODELS.items():
+        vqvae_hps = setup_hparams(sets[0], {})
+        vqvae_hps.sample_length = calculate_hop_lengths(vqvae_hps.strides_t, vqvae_hps.downs_t)[-1]
+        vqvae = make_vqvae(vqvae_hps, "meta")
+        if not _fits(checkpoint, vqvae):
+            continue
+        top = make_prior(setup_hparams(sets[-1], dict(restore_prior="")), vqvae, "meta")
+        if len(sets) - 1 == vqvae.levels and _fits(checkpoint, top):
+            return name
+    raise CheckpointError(f"{folder} fits none of the models {', '.join(MODELS)} (compared: the VQ-VAE's and the "
+                          "top prior's tensor names and shapes); add its model to MODELS in jukebox/make_models.py")
+
+
+def _fits(checkpoint: PortCheckpoint, module: nn.Module) -> bool:
+    prefix = _part_prefix(module)
+    keys = [k for k in checkpoint.weight_map if k.startswith(prefix)]
+    if not keys:
+        return False
+    try:
+        _from_transformers({k: _ShapeOnly(checkpoint[k].shape) for k in keys}, module, checkpoint.where)
+    except CheckpointError:
+        return False
+    return True
+
+
+class _ShapeOnly:
+    """A tensor's shape without its data, for comparing a checkpoint with a model built on ``meta``."""
+
+    def __init__(self, shape: torch.Size) -> None:
+        self.shape = shape
+
+    def to(self, dtype: torch.dtype) -> _ShapeOnly:
+        return self
 
 
 def model_sample_rate(model: str) -> int:
     """The audio sample rate (Hz) ``model``'s VQ-VAE was trained at."""
-    return int(setup_hparams(model_sets(model)[0], {}).sr)
+    return int(setup_hparams(model_sets(model_name(model))[0], {}).sr)
 
 
-def make_model(model: str, device: str | torch.device, hps: Hyperparams,
-               levels: Sequence[int] | None = None) -> tuple[VQVAE, list[LazyPrior]]:
-    """The VQ-VAE (on ``device``, restored) and the priors of ``MODELS[model]`` as ``LazyPrior`` s.
+def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels: Sequence[int] | None = None,
+               weights_source: str | None = None) -> tuple[VQVAE, list[LazyPrior]]:
+    """The VQ-VAE (on ``device``, restored) and the priors of ``model`` as ``LazyPrior`` s.
 
+    ``model``: a ``MODELS`` name, ``hf://owner/name[@revision]`` or a port-layout folder (:func:`resolve_model`).
+    ``weights_source``: ``openai`` or ``hf`` keeps only that source of a released model's weights (default: the
+    cache, OpenAI's storage, then the hub; ``jukebox.utils.sources``).
     ``hps`` gives ``sample_length`` or ``sample_length_in_seconds``; ``hps.sample_length`` is set to the VQ-VAE's
     (rounded to a multiple of the top hop). levels: which priors to return (indices into the model's levels,
     negative ones from the top; default all, bottom first).
     """
-    vqvae_name, *prior_names = model_sets(model)
+    name, ref = resolve_model(model)
+    source = check_source(weights_source)
+    origin = Origin("" if ref else hub_repo_of(name, source), source)
+    vqvae_name, *prior_names = model_sets(name)
     vqvae = make_vqvae(setup_hparams(vqvae_name, dict(
-        sample_length=hps.get("sample_length", 0),
-        sample_length_in_seconds=hps.get("sample_length_in_seconds", 0))), device)
+        sample_length=hps.get("sample_length", 0), sample_length_in_seconds=hps.get("sample_length_in_seconds", 0),
+        **({"restore_vqvae": ref} if ref else {}))), device, origin=origin)
     hps.sample_length = vqvae.sample_length
     levels = range(len(prior_names)) if levels is None else levels
-    priors = [LazyPrior(setup_hparams(prior_names[level], {}), vqvae) for level in levels]
+    priors = [LazyPrior(setup_hparams(prior_names[level], {"restore_prior": ref} if ref else {}), vqvae, origin)
+              for level in levels]
     return vqvae, priors

@@ -8,6 +8,8 @@ Modes: ``ancestral`` (default); ``continue`` and ``upsample`` from the ``data.pt
 Conditioning: ``--artist``, ``--genre``, ``--lyrics`` or ``--lyrics_file``, or ``--metas=file.json`` (a list of
 ``{"artist", "genre", "lyrics"}``), tiled to ``n_samples``; without them a built-in set of examples is used.
 ``--sr`` defaults to the model's sample rate; another rate is refused.
+``--model`` is a model name, a hub repository (``hf://openai/jukebox-1b-lyrics[@revision]``) or a local folder in
+the transformers port's layout; ``--weights_source=openai|hf`` keeps one source of a released model's weights.
 Sampling settings per level (bottom level first) can be overridden with ``--temp``, ``--fp16``,
 ``--max_batch_size``, ``--chunk_size``, ``--top_k``, ``--top_p``, each a scalar or a comma list.
 
@@ -44,9 +46,10 @@ from jukebox.inference.inputs import (
     make_metas,
 )
 from jukebox.inference.session import SamplingOptions, SamplingSession, check_hop_fraction, check_mode
-from jukebox.make_models import make_model, model_sample_rate
+from jukebox.make_models import make_model, model_name, model_sample_rate
 from jukebox.utils.cli import check_options, run_cli
 from jukebox.utils.dist_utils import get_world_size, print_once, setup_dist_from_mpi
+from jukebox.utils.sources import check_source
 
 __all__ = ["run", "main", "EXAMPLE_METAS", "default_sampling_kwargs", "load_codes", "load_prompts", "make_metas"]
 
@@ -105,9 +108,11 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
         seed: int | None = None, temp: Any = None, fp16: Any = None, max_batch_size: Any = None,
         chunk_size: Any = None, top_k: Any = None, top_p: Any = None, artist: Any = None, genre: Any = None,
         lyrics: Any = None, lyrics_file: str | None = None, metas: str | None = None,
-        ids_dir: str | None = None, sample_length: int = 0) -> None:
+        ids_dir: str | None = None, sample_length: int = 0, weights_source: str | None = None) -> None:
     """Sample ``n_samples`` songs with ``model`` into ``name`` (see the module docstring for the options)."""
     check_mode(mode, codes_file, audio_file, prompt_length_in_seconds)
+    check_source(weights_source)
+    model_id, model = model, model_name(model)
     hop_fraction = _per_level(hop_fraction, levels, "hop_fraction", float)
     check_hop_fraction(hop_fraction)
     sr = _check_sample_rate(model, sr)
@@ -122,7 +127,7 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
                       total_sample_length_in_seconds=total_sample_length_in_seconds, sr=sr, n_samples=n_samples,
                       hop_fraction=hop_fraction, sample_length=sample_length)
     with torch.no_grad():
-        vqvae, priors = make_model(model, device, hps)
+        vqvae, priors = make_model(model_id, device, hps, weights_source=weights_source)
     if ids_dir is not None:
         for prior in priors:
             prior.ids_dir = ids_dir

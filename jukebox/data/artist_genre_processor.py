@@ -8,10 +8,16 @@ their own tables, written from the dataset's metadata by ``write_id_tables``.
 
 v2 tables (5b, 5b_lyrics) hold normalised names (``norm``) and genres are a bag of words;
 v3 tables (1b_lyrics) hold lowercased names and a genre is one id.
+
+The hub's repositories of the released models (the transformers port) carry the same tables in another layout:
+``artists.json`` and ``genres.json``, each one JSON object name -> id holding both versions, the v2 names with a
+``.v2`` suffix. An ``ids_dir`` holding those (or ``hf://owner/name[@revision]``, whose two files are fetched
+into the hub cache) is read the same way and gives the same ids.
 """
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import warnings
@@ -23,6 +29,8 @@ from jukebox.utils.remote import DownloadError, cache_dir, fetch_to
 
 # The released tables are part of the original repository, not of the weights' storage.
 RELEASED_IDS_URL = "https://raw.githubusercontent.com/openai/jukebox/master/jukebox/data/ids/"
+HUB_TABLES = {"artist": "artists.json", "genre": "genres.json"}
+_V2_SUFFIX = ".v2"
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _UNDERSCORES = re.compile(r"_+")
@@ -70,6 +78,28 @@ def read_id_table(path: Path) -> dict[str, int]:
                 raise ValueError(f"{path}:{n}: expected a 'name;id' line, got {line!r}")
             ids[name.lower()] = int(idx)
     return ids
+
+
+def read_hub_table(path: Path, v3: bool) -> dict[str, int]:
+    """name (lowercased) -> id of one version out of a hub table (``artists.json`` / ``genres.json``)."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a JSON table of names to ids: {e}") from None
+    if not isinstance(table, dict) or not all(isinstance(i, int) for i in table.values()):
+        raise ValueError(f"{path} must hold one JSON object mapping names to integer ids")
+    if v3:
+        return {name.lower(): idx for name, idx in table.items() if not name.endswith(_V2_SUFFIX)}
+    return {name[:-len(_V2_SUFFIX)].lower(): idx for name, idx in table.items() if name.endswith(_V2_SUFFIX)}
+
+
+def hub_tables_dir(repo_uri: str) -> Path:
+    """The local folder (in the hub cache) holding the hub tables of ``hf://owner/name[@revision]``."""
+    from jukebox.utils.hub import hub_file, parse_hub_uri
+
+    repo = parse_hub_uri(repo_uri)
+    paths = [hub_file(repo, name) for name in HUB_TABLES.values()]
+    return paths[0].parent
 
 
 def reverse_table(ids: Mapping[str, int]) -> dict[int, str]:
@@ -121,36 +151,45 @@ def write_id_tables(metadata: Iterable[Mapping[str, str]], out_dir: str | os.Pat
 class ArtistGenreProcessor:
     """Maps artist and genre names to the ids of a labelled prior, and back.
 
-    ids_dir: folder holding ``{v2,v3}_artist_ids.txt`` and ``{v2,v3}_genre_ids.txt``; see ``default_ids_dir``.
+    ids_dir: folder holding ``{v2,v3}_artist_ids.txt`` and ``{v2,v3}_genre_ids.txt`` (or the hub's
+    ``artists.json`` and ``genres.json``), or ``hf://owner/name[@revision]``; see ``default_ids_dir``.
     Names missing from a table map to id 0 (unknown) with one warning per name.
     """
 
     def __init__(self, v3: bool = False, ids_dir: str | os.PathLike | None = None) -> None:
         self.v3 = v3
         fetch_problem = ""
-        if ids_dir is None and not os.environ.get("JUKEBOX_IDS_DIR"):
+        if isinstance(ids_dir, str) and ids_dir.startswith("hf://"):
+            ids_dir = hub_tables_dir(ids_dir)
+        elif ids_dir is None and not os.environ.get("JUKEBOX_IDS_DIR"):
             try:  # the released tables, cached beside the downloaded weights
                 fetch_released_tables(v3)
             except DownloadError as e:
                 fetch_problem = f" Downloading them failed: {e}."
         self.ids_dir = Path(ids_dir) if ids_dir is not None else default_ids_dir()
-        self.artist_id_file = table_path(self.ids_dir, v3, "artist")
-        self.genre_id_file = table_path(self.ids_dir, v3, "genre")
-        missing = [p for p in (self.artist_id_file, self.genre_id_file) if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"artist/genre id tables not found: {', '.join(map(str, missing))}. "
-                f"The released tables are downloaded into {default_ids_dir()} when no ids_dir is given; "
-                "otherwise set JUKEBOX_IDS_DIR (or pass ids_dir) to a folder holding "
-                f"{self.artist_id_file.name} and {self.genre_id_file.name}. "
-                "For your own dataset, write them with jukebox.data.artist_genre_processor.write_id_tables."
-                + fetch_problem
-            )
-        self.artist_ids = read_id_table(self.artist_id_file)
-        self.genre_ids = read_id_table(self.genre_id_file)
+        self.artist_id_file, self.artist_ids = self._read(self.ids_dir, "artist", fetch_problem)
+        self.genre_id_file, self.genre_ids = self._read(self.ids_dir, "genre", fetch_problem)
         self.artists = reverse_table(self.artist_ids)
         self.genres = reverse_table(self.genre_ids)
         self._warned: set[tuple[str, str]] = set()
+
+    def _read(self, ids_dir: Path, kind: str, fetch_problem: str) -> tuple[Path, dict[str, int]]:
+        """(path, name -> id) of one table, from the original's layout or else the hub's."""
+        path = table_path(ids_dir, self.v3, kind)
+        if path.is_file():
+            return path, read_id_table(path)
+        hub_path = ids_dir / HUB_TABLES[kind]
+        if hub_path.is_file():
+            return hub_path, read_hub_table(hub_path, self.v3)
+        raise FileNotFoundError(
+            f"{kind} id table not found: neither {path} nor {hub_path} exists. "
+            f"The released tables are downloaded into {default_ids_dir()} when no ids_dir is given; "
+            "otherwise set JUKEBOX_IDS_DIR (or pass ids_dir) to a folder holding "
+            f"{table_path(ids_dir, self.v3, 'artist').name} and {table_path(ids_dir, self.v3, 'genre').name} "
+            f"(or the hub's {' and '.join(HUB_TABLES.values())}). "
+            "For your own dataset, write them with jukebox.data.artist_genre_processor.write_id_tables."
+            + fetch_problem
+        )
 
     def normalise(self, name: str) -> str:
         return name.lower() if self.v3 else norm(name)

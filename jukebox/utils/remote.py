@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from jukebox.utils import dist_utils
 
-__all__ = ["DownloadError", "cache_dir", "cache_path", "mirror_urls", "download", "resolve_path", "is_url"]
+__all__ = ["DownloadError", "cache_dir", "cache_path", "mirror_urls", "download", "resolve_path", "is_url",
+           "report_failure"]
 
 RETIRED_HOST = "https://openaipublic.azureedge.net/"
 MIRROR_HOST = "https://openaipublic.blob.core.windows.net/"
@@ -195,22 +196,31 @@ def _sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_to(url: str, dest: Path) -> None:
+def report_failure(where: str, reason: str, next_source: str | None) -> None:
+    """One line saying that source ``where`` failed and why, and which one is tried next."""
+    then = f"; trying {next_source}" if next_source else ""
+    dist_utils.print_all(f"weights: {where} failed: {reason}{then}")
+
+
+def fetch_to(url: str, dest: Path, then: str | None = None) -> None:
     """Fetch ``url`` into ``dest`` from the first of its mirrors that works, holding a lock file so
-    concurrent processes (or nodes sharing a file system) do not write the same ``.part``."""
+    concurrent processes (or nodes sharing a file system) do not write the same ``.part``. Each failed
+    mirror is reported in one line naming the next one (``then`` after the last: the caller's next source)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.with_name(dest.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if dest.exists():
             return
         errors = []
-        for candidate in mirror_urls(url):
+        candidates = mirror_urls(url)
+        for i, candidate in enumerate(candidates):
             dist_utils.print_all(f"Downloading {candidate} to {dest}")
             try:
                 download(candidate, dest)
                 return
             except DownloadError as e:
                 errors.append(e)
+                report_failure(candidate, e.reason, candidates[i + 1] if i + 1 < len(candidates) else then)
         if len(errors) == 1:
             raise errors[0]
         raise DownloadError(url, "every mirror failed: " + "; ".join(f"{e.url}: {e.reason}" for e in errors))
@@ -222,9 +232,10 @@ def _local_rank() -> int:
     return dist_utils.get_rank()
 
 
-def resolve_path(path_or_url: str | os.PathLike) -> str:
+def resolve_path(path_or_url: str | os.PathLike, then: str | None = None) -> str:
     """A local file path for ``path_or_url``: a local path is checked and returned as is; an
-    ``http(s)://`` URL is downloaded into ``cache_path(url)`` unless already there.
+    ``http(s)://`` URL is downloaded into ``cache_path(url)`` unless already there (``then``: the source the
+    caller tries next if this fails, named in the failure's line).
 
     In a distributed run local rank 0 of each node downloads while the other ranks wait; every rank
     returns the same path, or every rank raises if the download failed.
@@ -239,14 +250,14 @@ def resolve_path(path_or_url: str | os.PathLike) -> str:
     dest = cache_path(url)
     if not dist_utils.is_distributed():
         if not dest.exists():
-            fetch_to(url, dest)
+            fetch_to(url, dest, then)
         return str(dest)
 
     errors: list[Exception] = []
 
     def work() -> None:
         try:
-            fetch_to(url, dest)
+            fetch_to(url, dest, then)
         except Exception as e:  # handed to the main thread and re-raised there
             errors.append(e)
 

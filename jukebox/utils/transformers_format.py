@@ -28,18 +28,20 @@ our VQ-VAE or of our prior of level ``L`` out of ``levels`` on the left, the por
     ``mlp.c_fc``/``c_proj``) keeps its name.
 
 Reading goes the other way round: the names of the module being loaded are mapped forward with these rules and
-the port's tensors are looked up under them. Tied weights saved only once (safetensors drops the duplicate of
+the port's tensors are looked up under them, one by one, so reading one part of a sharded checkpoint touches only
+that part's shards (``jukebox.utils.port_checkpoint``). Tied weights saved only once (safetensors drops the duplicate of
 ``x_out``/``x_emb``) are filled from their partner; tensors are cast to the module's dtypes.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
+
+from jukebox.utils.port_checkpoint import PortCheckpoint, local_fetch, open_port_file, open_port_folder
 
 __all__ = ["to_transformers_key", "to_transformers_state_dict", "is_transformers_state_dict",
            "transformers_prefix", "from_transformers_state_dict", "load_transformers_state_dict"]
@@ -135,10 +137,11 @@ def to_transformers_state_dict(vqvae_state: Mapping[str, torch.Tensor],
 
 
 def is_transformers_state_dict(state: Mapping[str, object]) -> bool:
-    """True for a flat state_dict whose keys all start with ``vqvae.`` or ``priors.``."""
+    """True for a flat state_dict whose keys all start with ``vqvae.`` or ``priors.`` (a lazy ``PortCheckpoint``
+    is judged by its keys alone, so that nothing is read)."""
     keys = [k for k in state if isinstance(k, str)]
-    return bool(keys) and len(keys) == len(state) and all(k.startswith(("vqvae.", "priors.")) for k in keys) \
-        and all(isinstance(v, torch.Tensor) for v in state.values())
+    named = bool(keys) and len(keys) == len(state) and all(k.startswith(("vqvae.", "priors.")) for k in keys)
+    return named and (isinstance(state, PortCheckpoint) or all(isinstance(v, torch.Tensor) for v in state.values()))
 
 
 def _tied_partners(module: nn.Module) -> dict[str, list[str]]:
@@ -152,10 +155,12 @@ def _tied_partners(module: nn.Module) -> dict[str, list[str]]:
 def from_transformers_state_dict(state: Mapping[str, torch.Tensor], module: nn.Module, level: int | None = None,
                                  levels: int | None = None) -> dict[str, torch.Tensor]:
     """Our state_dict for ``module`` (the VQ-VAE when level is None, else the level-``level`` prior) taken out of
-    a state_dict in the port's naming; raises ValueError naming the keys that are missing."""
+    a state_dict in the port's naming. Only the module's own tensors are looked up, so a lazy ``state`` (a
+    ``PortCheckpoint``) reads nothing of the other parts. Raises ValueError naming the missing tensors, or the
+    tensors whose shapes differ (a checkpoint of another model)."""
     expected = module.state_dict(keep_vars=True)
     tied = _tied_partners(module)
-    out, missing = {}, []
+    out, missing, mismatched = {}, [], []
     for key, target in expected.items():
         candidates = [key] + tied.get(key, [])
         found = next((to_transformers_key(c, level, levels) for c in candidates
@@ -163,40 +168,30 @@ def from_transformers_state_dict(state: Mapping[str, torch.Tensor], module: nn.M
         if found is None:
             missing.append(to_transformers_key(key, level, levels))
             continue
-        out[key] = state[found].to(dtype=target.dtype)
+        tensor = state[found]
+        if tuple(tensor.shape) != tuple(target.shape):
+            mismatched.append(f"{found} is {tuple(tensor.shape)} there but {tuple(target.shape)} here")
+            continue
+        out[key] = tensor.to(dtype=target.dtype)
+    what = "the VQ-VAE" if level is None else f"the level-{level} prior ({transformers_prefix(level, levels)}*)"
+    if mismatched:
+        raise ValueError(f"the transformers-format checkpoint is not one of this model: for {what}, "
+                         f"{_listing(mismatched, 3)}. Pick the --model that matches the checkpoint.")
     if missing:
-        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
-        what = "vqvae" if level is None else f"the level-{level} prior ({transformers_prefix(level, levels)}*)"
-        raise ValueError(f"the transformers-format checkpoint lacks {len(missing)} tensors of {what}: {shown}. "
-                         "Is it the checkpoint of the same model (levels, widths, lyrics)?")
+        raise ValueError(f"the transformers-format checkpoint lacks {len(missing)} tensors of {what}: "
+                         f"{_listing(missing, 10)}. Is it the checkpoint of the same model (levels, widths, lyrics)?")
     return out
 
 
-def load_transformers_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _listing(items: list[str], limit: int) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_transformers_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """The flat state_dict of a saved ``JukeboxModel``: a ``.bin``/``.pt`` file, a ``.safetensors`` file, or a
-    ``save_pretrained`` folder (sharded or not). Loaded with ``weights_only=True`` onto the CPU."""
+    ``save_pretrained`` folder (sharded or not), as a lazy ``PortCheckpoint``: tensors are read memory-mapped
+    from their shard when first looked up."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            index = os.path.join(path, index_name)
-            if os.path.isfile(index):
-                with open(index) as f:
-                    shards = sorted(set(json.load(f)["weight_map"].values()))
-                state: dict[str, torch.Tensor] = {}
-                for shard in shards:
-                    state.update(load_transformers_state_dict(os.path.join(path, shard)))
-                return state
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if os.path.isfile(os.path.join(path, name)):
-                return load_transformers_state_dict(os.path.join(path, name))
-        raise FileNotFoundError(f"{path} holds no model.safetensors, pytorch_model.bin or shard index")
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:
-            raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from e
-        return load_file(path, device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state_dict")
-    return state
+        return open_port_folder(local_fetch(path), path)
+    return open_port_file(path)
