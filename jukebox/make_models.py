@@ -393,12 +393,16 @@ def model_sets(model: str) -> tuple[str, ...]:
     """The hparams sets of ``MODELS[model]`` (VQ-VAE first, then the priors bottom up); an unknown name is an
     error that lists the known ones."""
     if model not in MODELS:
-        close = difflib.get_close_matches(model, list(MODELS), n=3)
-        raise ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}"
-                         + (f" (did you mean {', '.join(close)}?)" if close else "")
-                         + ", a hub repository such as hf://openai/jukebox-1b-lyrics, or a folder in its layout."
-                         " Add your own to MODELS in jukebox/make_models.py.")
+        raise _unknown_model(model)
     return MODELS[model]
+
+
+def _unknown_model(model: str) -> ValueError:
+    close = difflib.get_close_matches(model, list(MODELS), n=3)
+    return ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}"
+                      + (f" (did you mean {', '.join(close)}?)" if close else "")
+                      + ", a hub repository such as hf://openai/jukebox-1b-lyrics, or a folder in its layout."
+                      " Add your own to MODELS in jukebox/make_models.py.")
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -418,8 +422,7 @@ def resolve_model(model: str) -> tuple[str, str]:
         return name, model
     if is_port_folder(model):
         return _folder_model(os.path.abspath(model)), model
-    model_sets(model)  # raises, listing what is accepted
-    raise AssertionError("unreachable")
+    raise _unknown_model(model)
 
 
 def model_name(model: str) -> str:
