@@ -61,7 +61,7 @@ def _strip_controls(text: str, keep: str = "") -> str:
 
 def clean_name(name: Any, what: str = "name") -> str:
     """A name as one line of text: control characters dropped, spaces collapsed; empty or too long is refused."""
-    text = " ".join(_strip_controls(str(name or "")).split())
+    text = _strip_controls(" ".join(str(name or "").split()))
     if not text:
         raise ValueError(f"the {what} is empty; give it some text")
     if len(text) > MAX_NAME:

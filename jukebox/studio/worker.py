@@ -190,7 +190,7 @@ class Worker:
             first = done if first is None else first
             elapsed, gained = time.time() - began, done - first
             eta = elapsed / gained * (work - done) if gained > 0 else None
-            self._update(folder, job, progress=round(done / work, 4), level=level,
+            self._update(folder, job, progress=round(done / work, 4), level=max(level, 0),
                          eta_seconds=None if eta is None else round(eta, 1))
             if give_way and done < work and self._waiting_interactive():
                 raise _GiveWay()

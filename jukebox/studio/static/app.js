@@ -92,6 +92,8 @@ function render() {
   const info = modelInfo(p.model);
   const labels = info && info.labels ? `, ${p.artist}, ${p.genre}` : "";
   $("project-meta").textContent = `${p.model}${labels}, song of ${seconds(p.total_seconds)}`;
+  $("project-lyrics").textContent = p.lyrics;
+  $("project-lyrics-box").hidden = !p.lyrics;
   const picked = nodeById(p.current);
   $("picked").textContent = `(${p.current}, ${seconds(picked.seconds)})`;
   renderTimeline(picked);
