@@ -50,6 +50,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 MAX_SONG_SECONDS = 3600.0
 
 
+class TooLarge(ValueError):
+    """An upload over the size limit (HTTP 413)."""
+
+
 # request and response bodies ---------------------------------------------------------------------------------
 class ModelInfo(BaseModel):
     name: str
@@ -204,7 +208,7 @@ class Studio:
                 if size > self.max_upload_bytes:
                     tmp.close()
                     Path(tmp.name).unlink(missing_ok=True)
-                    raise ValueError(f"the {what} is larger than the limit of {self.max_upload_bytes} bytes")
+                    raise TooLarge(f"the {what} is larger than the limit of {self.max_upload_bytes} bytes")
                 tmp.write(chunk)
         return Path(tmp.name)
 
@@ -237,7 +241,7 @@ def create_app(projects: str | Path = "studio", model: str = "demo", token: str 
         await asyncio.to_thread(studio.worker.stop, 5.0)
 
     app = FastAPI(title="Jukebox Studio", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  max_body_size=studio.max_upload_bytes + 2**20,
+                  max_body_size=studio.max_upload_bytes + 2**16,  # the upload and a few form fields
                   description="Co-compose with a Jukebox model: sample continuations at the top level, listen, pick, "
                               "extend, then upsample in the background. Every request needs the token (?token=, "
                               "Authorization: Bearer, or the cookie the page sets).")
@@ -245,6 +249,7 @@ def create_app(projects: str | Path = "studio", model: str = "demo", token: str 
     app.add_middleware(StudioGuard, token=token, cookie_name=f"jukebox_studio_{port}")
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host), www_redirect=False)
     app.add_exception_handler(NotFound, lambda r, e: _error(404, e))
+    app.add_exception_handler(TooLarge, lambda r, e: _error(413, e))
     app.add_exception_handler(Conflict, lambda r, e: _error(409, e))
     for bad_input in (ValueError, CheckpointError, AudioReadError, FileNotFoundError):
         app.add_exception_handler(bad_input, lambda r, e: _error(400, e))

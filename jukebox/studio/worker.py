@@ -55,12 +55,12 @@ class Worker:
         self.cond = threading.Condition()
         self.running: tuple[str, str] | None = None
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="studio-worker", daemon=True)
+        self._thread: threading.Thread | None = None
 
     # the queue -----------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Queue the jobs left unfinished (oldest first) and start the thread."""
-        unfinished = []
+        self.queue, self._stop, unfinished = [], False, []
         for project in self.store.list():
             jobs_dir = self.store.folder(project["id"]) / "jobs"
             for job_file in jobs_dir.glob(f"*/{JOB_FILE}") if jobs_dir.is_dir() else []:
@@ -69,13 +69,14 @@ class Worker:
                     unfinished.append(job)
         for job in sorted(unfinished, key=lambda j: j["created"]):
             self.queue.append((job["project"], job["id"]))
+        self._thread = threading.Thread(target=self._loop, name="studio-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         with self.cond:
             self._stop = True
             self.cond.notify_all()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
 
     def submit(self, pid: str, kind: str, node: str | None, params: dict[str, Any],
