@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from conftest import DATA, IDS_DIR
 from helpers.studio import AUTH, TOKEN, wait_job
 from helpers.tiny_model import tiny_model
+from jukebox.hparams import Hyperparams
 from jukebox.inference.inputs import load_codes
 from jukebox.make_models import make_model
-from jukebox.hparams import Hyperparams
 from jukebox.studio.app import create_app
 from jukebox.utils.checkpoint import load_checkpoint
 
@@ -131,8 +131,8 @@ def test_pick_trim_extend_and_delete_branch(client, composed):
     trimmed = next(n for n in project["nodes"] if n["id"] == trim["node"])
     assert trimmed["parent"] == project["path"][0] and trimmed["trimmed_from"] == first and trimmed["preview"]
     assert project["current"] == trimmed["id"]
-    codes = {nid: client.get(f"/api/projects/{pid}/nodes/{nid}/codes.pth.tar").content for nid in (first, trimmed["id"])}
-    full, cut = (torch.load(io.BytesIO(codes[n]), weights_only=True)["zs"][-1] for n in (first, trimmed["id"]))
+    full, cut = (torch.load(io.BytesIO(client.get(f"/api/projects/{pid}/nodes/{n}/codes.pth.tar").content),
+                            weights_only=True)["zs"][-1] for n in (first, trimmed["id"]))
     assert torch.equal(cut, full[:, :trimmed["length"]]) and trimmed["length"] == int(0.4 * SR) // HOP
     assert client.post(f"/api/projects/{pid}/nodes/{first}/trim", json=dict(seconds=5)).status_code == 400
 
@@ -263,8 +263,9 @@ def test_lyric_alignment_of_a_lyric_model(tmp_path, monkeypatch):
         app = create_app(tmp_path / "projects", "tiny_test", token=TOKEN)
         with TestClient(app, base_url="http://localhost", headers=AUTH) as client:
             assert client.get("/api/info").json()["models"][-1]["lyrics"]
-            project = client.post("/api/projects", json=dict(name="Lyrics", model="tiny_test", artist="unknown",
-                                                             genre="unknown", lyrics="la la la", total_seconds=2)).json()
+            body = dict(name="Lyrics", model="tiny_test", artist="unknown", genre="unknown", lyrics="la la la",
+                        total_seconds=2)
+            project = client.post("/api/projects", json=body).json()
             job = wait_job(client, client.post(f"/api/projects/{project['id']}/nodes/{project['current']}/continue",
                                                json=dict(count=2, seconds=0.25, seed=0)).json())
             node = job["nodes"][0]

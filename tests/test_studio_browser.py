@@ -15,8 +15,8 @@ from helpers.studio import TOKEN, serve_in_thread
 from jukebox.studio.app import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (run scripts/install_chromium.sh)")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (run scripts/install_chromium.sh)")]
 SR, HOP = 22050, 128
 
 
@@ -26,7 +26,8 @@ def page(tmp_path):
     app = create_app(tmp_path / "projects", "demo", token=TOKEN)
     with serve_in_thread(app) as url, sync_api.sync_playwright() as playwright:
         # Debian's chromium, never a browser of Playwright's own (nothing is downloaded)
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--autoplay-policy=no-user-gesture-required"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=["--autoplay-policy=no-user-gesture-required"])
         context = browser.new_context(accept_downloads=True, viewport=dict(width=1280, height=900))
         page = context.new_page()
         page.errors = []

@@ -32,7 +32,8 @@ def test_killed_upsampling_resumes_to_the_codes_of_an_uninterrupted_run(tmp_path
         try:
             torch.manual_seed(0)
             codes = tmp_path / "codes.pth.tar"
-            save_checkpoint(codes, dict(zs=[torch.zeros(1, 0, dtype=torch.long)] * 2 + [torch.randint(0, 16, (1, TOP_TOKENS))]))
+            top = torch.randint(0, 16, (1, TOP_TOKENS))
+            save_checkpoint(codes, dict(zs=[torch.zeros(1, 0, dtype=torch.long)] * 2 + [top]))
             imported = client.post("/api/projects/import", data=dict(name="Resume", model="tiny_test", total_seconds=4),
                                    files=dict(file=("data.pth.tar", codes.read_bytes())))
             assert imported.status_code == 201, imported.text

@@ -72,11 +72,12 @@ def test_names_cannot_leave_the_projects_folder(app, tmp_path):
         assert sorted(p.name for p in (tmp_path / "projects").iterdir()) == [project["id"]]
         assert sorted(p.name for p in tmp_path.iterdir()) == ["projects"]
         pid, root = project["id"], project["current"]
-        for path in (f"/api/projects/..%2F..%2Fetc", "/api/projects/%2e%2e", f"/api/projects/{pid}%2F..%2F{pid}",
+        for path in ("/api/projects/..%2F..%2Fetc", "/api/projects/%2e%2e", f"/api/projects/{pid}%2F..%2F{pid}",
                      f"/api/projects/{pid}/nodes/..%2Fproject.json/preview.wav",
                      f"/api/projects/{pid}/nodes/{root}%2F..%2F..%2Fproject/codes.pth.tar",
-                     f"/api/projects/{pid}/jobs/..%2F..%2F{pid}", f"/api/projects/{pid}/jobs/{'0' * 12}/files/..%2F..%2F"
-                     "project.json", "/api/projects/%2Fetc%2Fpasswd"):
+                     f"/api/projects/{pid}/jobs/..%2F..%2F{pid}",
+                     f"/api/projects/{pid}/jobs/{'0' * 12}/files/..%2F..%2Fproject.json",
+                     "/api/projects/%2Fetc%2Fpasswd"):
             response = client.get(path)
             assert response.status_code == 404, (path, response.text)
         assert client.delete("/api/projects/..%2Fprojects").status_code == 404

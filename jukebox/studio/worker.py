@@ -28,8 +28,8 @@ import torch
 
 from jukebox.studio.composer import Composer, model_facts
 from jukebox.studio.projects import NotFound, ProjectStore, new_id, read_json, write_json
-from jukebox.utils.cli import error_message
 from jukebox.utils.checkpoint import load_checkpoint
+from jukebox.utils.cli import error_message
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.io import save_wav
 
