@@ -51,10 +51,17 @@ def upsampled(client, composed):
     response = client.post(f"/api/projects/{project['id']}/nodes/{nid}/upsample", json=dict(seed=3))
     assert response.status_code == 202
     job = response.json()
+    events, preview = [], None
     with client.stream("GET", f"/api/projects/{project['id']}/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
-        events = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
-    return project, nid, events
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if preview is None and events[-1]["status"] == "running" and events[-1]["progress"] > 0:
+                    # a continuation asked for meanwhile runs before the upsampling goes on
+                    preview = client.post(f"/api/projects/{project['id']}/nodes/{nid}/continue",
+                                          json=dict(count=1, seconds=0.1, seed=5)).json()
+    return project, nid, events, wait_job(client, preview)
 
 
 def test_page_info_and_openapi(client):
@@ -187,9 +194,12 @@ def test_exported_codes_are_what_sample_py_reads(client, composed):
 
 
 def test_upsampling_streams_progress_and_serves_samplepy_outputs(client, composed, upsampled):
-    project, nid, events = upsampled
+    project, nid, events, preview = upsampled
     pid = project["id"]
     assert events[-1]["status"] == "done" and events[-1]["progress"] == 1.0
+    statuses = [e["status"] for e in events]
+    assert "queued" in statuses[statuses.index("running"):]  # it gave way to the continuation...
+    assert preview["finished"] < events[-1]["finished"]  # ...which finished first
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and len(events) >= 4  # pushed window by window
     assert any(e["eta_seconds"] is not None and e["status"] == "running" for e in events)
@@ -210,7 +220,7 @@ def test_upsampling_streams_progress_and_serves_samplepy_outputs(client, compose
 
 
 def test_import_a_samplepy_data_file(client, upsampled):
-    project, nid, events = upsampled
+    project, nid, events, _ = upsampled
     data = client.get(f"/api/projects/{project['id']}/jobs/{events[-1]['id']}/files/level_0/data.pth.tar").content
     response = client.post("/api/projects/import", data=dict(name="Imported"),
                            files=dict(file=("data.pth.tar", data, "application/octet-stream")))

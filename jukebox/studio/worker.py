@@ -142,6 +142,8 @@ class Worker:
                 return
             try:
                 self._execute(*key)
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk while saving a job's state: keep serving
+                print_once(f"studio: job {key[1]} could not be run: {error_message(exc)}")
             finally:
                 self.running = None
 
@@ -164,17 +166,14 @@ class Worker:
             with self.cond:
                 self.queue.append((pid, jid))
             return
-        except NotFound:
-            if not self.store.root.joinpath(pid).exists():
-                return
-            raise
         except Exception as exc:  # noqa: BLE001 - a failed job reports its error to the page and the next one runs
+            if not folder.is_dir():
+                return  # the project was deleted meanwhile
             if os.environ.get("JUKEBOX_DEBUG") == "1":
                 traceback.print_exc()
             print_once(f"studio: job {jid} ({job['kind']}) failed: {error_message(exc)}")
-            if folder.is_dir():
-                self._update(folder, job, status="failed", error=error_message(exc), eta_seconds=None,
-                             finished=time.time())
+            self._update(folder, job, status="failed", error=error_message(exc), eta_seconds=None,
+                         finished=time.time())
             return
         self._update(folder, job, status="done", progress=1.0, eta_seconds=0.0, finished=time.time())
 
