@@ -28,6 +28,7 @@ import torch
 
 from jukebox.studio.composer import Composer, model_facts
 from jukebox.studio.projects import NotFound, ProjectStore, new_id, read_json, write_json
+from jukebox.utils.atomic import atomic_write, remove_stale_temporaries
 from jukebox.utils.checkpoint import load_checkpoint
 from jukebox.utils.cli import error_message
 from jukebox.utils.dist_utils import print_once
@@ -40,6 +41,11 @@ FINISHED = ("done", "failed")
 JOB_FILE = "job.json"
 # The bottom level's outputs of an upsampling job that the page offers for download.
 RESULT_FILES = ("item_0.wav", "data.pth.tar", "index.html")
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, atomic_write(target) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 class _GiveWay(Exception):
@@ -59,10 +65,14 @@ class Worker:
 
     # the queue -----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Queue the jobs left unfinished (oldest first) and start the thread."""
+        """Queue the jobs left unfinished (oldest first), remove what a kill left half-written, start the thread."""
         self.queue, self._stop, unfinished = [], False, []
         for project in self.store.list():
-            jobs_dir = self.store.folder(project["id"]) / "jobs"
+            folder = self.store.folder(project["id"])
+            jobs_dir = folder / "jobs"
+            for partial in (folder, folder / "nodes", *jobs_dir.glob("*")):  # what a kill left half-written
+                if partial.is_dir():
+                    remove_stale_temporaries(partial)
             for job_file in jobs_dir.glob(f"*/{JOB_FILE}") if jobs_dir.is_dir() else []:
                 job = read_json(job_file)
                 if job["status"] not in FINISHED:
@@ -214,10 +224,10 @@ class Worker:
             for i in range(codes.shape[0]):
                 node = self.store.add_node(project, job["node"], codes[i:i + 1], seed=p["seed"], item=i,
                                            temperature=p["temperature"], job=job["id"])
-                shutil.copyfile(wavs[i], nodes_dir / f"{node['id']}.wav")
+                _copy_atomic(wavs[i], nodes_dir / f"{node['id']}.wav")
                 node["preview"] = f"nodes/{node['id']}.wav"
                 if aligns:
-                    shutil.copyfile(aligns[i], nodes_dir / f"{node['id']}.align.json")
+                    _copy_atomic(aligns[i], nodes_dir / f"{node['id']}.align.json")
                     node["alignment"] = f"nodes/{node['id']}.align.json"
                 made.append(node["id"])
         job["nodes"] = made
