@@ -191,8 +191,9 @@ class Studio:
         if facts.tokens(total_seconds) < 1:
             raise ValueError(f"total_seconds={total_seconds} is shorter than one top-level token "
                              f"({facts.seconds(1):.4f} s)")
-        return dict(name=clean_name(name, "project name"), model=facts.name, artist=clean_name(artist or "unknown"),
-                    genre=clean_name(genre or "unknown"), lyrics=clean_text(lyrics, "lyrics"),
+        return dict(name=clean_name(name, "project name"), model=facts.name,
+                    artist=clean_name(artist or "unknown", "artist"), genre=clean_name(genre or "unknown", "genre"),
+                    lyrics=clean_text(lyrics, "lyrics"),
                     total_seconds=float(total_seconds), sr=facts.sr,
                     hop_fraction=[0.5] * (facts.levels - 1) + [0.125])  # sample.py's, bottom level first
 
