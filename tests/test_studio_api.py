@@ -203,7 +203,7 @@ def test_upsampling_streams_progress_and_serves_samplepy_outputs(client, compose
     pid = project["id"]
     assert events[-1]["status"] == "done" and events[-1]["progress"] == 1.0
     # a continuation asked for while it ran finished first: the upsampling gave way to it after a window
-    assert events[0]["started"] < preview["created"] < preview["finished"] < events[-1]["finished"]
+    assert events[-1]["started"] < preview["created"] < preview["finished"] < events[-1]["finished"]
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and len(events) >= 4  # pushed window by window
     assert any(e["eta_seconds"] is not None and e["status"] == "running" for e in events)
