@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for the viewer's browser test (tests/test_save_html.py) on Debian/Ubuntu.
+# Headless Chromium for the browser tests (tests/test_save_html.py, tests/test_studio_*.py) on Debian/Ubuntu.
 # Does nothing when Chromium is already installed; without apt-get or root rights it says so and
 # leaves the test to skip itself.
 set -euo pipefail

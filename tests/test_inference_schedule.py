@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import load_fixture
-from jukebox.inference.schedule import get_starts, plan_level, sample_levels, split_batch
+from jukebox.inference.schedule import get_starts, on_device, plan_level, sample_levels, split_batch
 
 
 class RecordingPrior:
@@ -138,3 +138,31 @@ def test_split_batch():
 def test_split_batch_rejects_other_types():
     with pytest.raises(TypeError, match="tensor, a list of tensors or None"):
         split_batch((torch.zeros(2),), 2, 1)
+
+
+class LoadablePrior:
+    """Stands for a ``LazyPrior``: counts its loads and unloads."""
+
+    def __init__(self, loaded: bool) -> None:
+        self.loaded, self.loads, self.unloads = loaded, 0, 0
+
+    def load(self, device):
+        self.loads += not self.loaded
+        self.loaded = True
+        return self
+
+    def unload(self):
+        self.unloads += 1
+        self.loaded = False
+
+
+def test_on_device_drops_a_prior_it_loaded_and_keeps_one_the_caller_loaded():
+    lazy = LoadablePrior(loaded=False)
+    with on_device(lazy, "cpu") as module:
+        assert module is lazy and lazy.loaded
+    assert (lazy.loads, lazy.unloads, lazy.loaded) == (1, 1, False)
+    kept = LoadablePrior(loaded=True)  # e.g. the studio's top-level prior between continuations
+    for _ in range(2):
+        with on_device(kept, "cpu"):
+            pass
+    assert (kept.loads, kept.unloads, kept.loaded) == (0, 0, True)

@@ -144,15 +144,18 @@ def sample_level(zs: list[torch.Tensor], labels: dict | None, sampling_kwargs: d
 def on_device(prior: Any, device: torch.device | str) -> Iterator[Any]:
     """Hold ``prior`` on ``device`` for the duration of a level, then give the memory back.
 
-    Lazily loaded priors (with ``load``/``unload``) are loaded and dropped; plain modules are moved to the device
-    and back to the CPU, as the original did; anything else (stand-ins) is used as it is.
+    Lazily loaded priors (with ``load``/``unload``) are loaded and dropped, unless the caller had loaded one
+    already (it stays loaded: a caller that samples it again keeps it in memory); plain modules are moved to the
+    device and back to the CPU, as the original did; anything else (stand-ins) is used as it is.
     """
     if hasattr(prior, "load") and hasattr(prior, "unload"):
+        was_loaded = bool(getattr(prior, "loaded", False))
         module = prior.load(device)
         try:
             yield module
         finally:
-            prior.unload()
+            if not was_loaded:
+                prior.unload()
     elif isinstance(prior, torch.nn.Module):
         prior.to(device)
         try:

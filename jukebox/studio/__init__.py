@@ -1,0 +1,1 @@
+"""Jukebox Studio: co-compose in the browser (``python -m jukebox.studio``); see ``jukebox.studio.app``."""
