@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import gc
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
 
 __all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
            "read_checkpoint", "restore_model", "make_vqvae", "make_prior", "make_labeller", "MODELS", "LazyPrior",
-           "make_model", "model_sets", "model_sample_rate"]
+           "make_model", "model_sets", "model_sample_rate", "encoder_part"]
 
 # Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
 # Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
@@ -87,7 +88,7 @@ def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str,
     state_dict = checkpoint.get("model", checkpoint)
     if is_transformers_state_dict(state_dict):
         state_dict = _from_transformers(state_dict, model)
-    load_state_dict_checked(model, state_dict)
+    load_state_dict_checked(model, encoder_part(strip_module_prefix(state_dict), model))
     model.step = int(checkpoint.get("step", 0))
 
 
@@ -140,10 +141,13 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
 
 
 def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu",
-               checkpoint: Mapping[str, Any] | None = None) -> nn.Module:
+               checkpoint: Mapping[str, Any] | None = None, encode_only: bool = False) -> nn.Module:
     """The prior (or upsampler) of level ``hps.level`` on top of ``vqvae``, restored from
     ``hps.restore_prior`` if set (``checkpoint``: its contents when the caller has read them already with
     :func:`read_checkpoint`).
+
+    ``encode_only``: built without the output layer (``x_out``), for its activations only; it then also loads the
+    checkpoint of a deeper prior of the same hps, keeping its first ``hps.prior_depth`` blocks (:func:`encoder_part`).
 
     Its windows are ``hps.n_ctx`` tokens; the other levels' code shapes scale with it. With
     ``hps.fp16_params`` the transformer's linear weights are stored in float16, except when training
@@ -163,6 +167,8 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
         res_scale=hps.res_scale, pos_init=hps.pos_init, init_scale=hps.init_scale, m_attn=hps.m_attn,
         m_mlp=hps.m_mlp, checkpoint_res=hps.c_res if hps.train else 0,
         checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0)
+    if encode_only:
+        prior_kwargs["only_encode"] = True
     # cond_c_res also decides the module names of the conditioner's residual stacks (blocks vs model).
     x_cond_kwargs = dict(
         out_width=hps.prior_width, init_scale=hps.init_scale, width=hps.cond_width, depth=hps.cond_depth,
@@ -210,6 +216,24 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
     return prior
 
 
+_BLOCK_KEY = re.compile(r"prior\.transformer\._attn_mods\.(\d+)\.")
+
+
+def encoder_part(state_dict: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """The part of a prior's ``state_dict`` that an encode-only prior ``module`` (``make_prior(..., encode_only=True)``)
+    holds: without the output layer ``prior.x_out`` and the blocks of the top transformer deeper than its own. Any other
+    module's state_dict is returned unchanged."""
+    prior = getattr(module, "prior", None)
+    if not getattr(prior, "only_encode", False):
+        return state_dict
+    depth = len(prior.transformer._attn_mods)
+
+    def kept(key: str) -> bool:
+        block = _BLOCK_KEY.match(key)
+        return key != "prior.x_out.weight" and (block is None or int(block.group(1)) < depth)
+    return {k: v for k, v in state_dict.items() if kept(k)}
+
+
 def _from_transformers(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Our part of a transformers-format (``JukeboxModel``) state_dict: the VQ-VAE's, or the prior's of its level."""
     if isinstance(model, VQVAE):
@@ -231,7 +255,7 @@ def _read_weights(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
             checkpoint = load_checkpoint(path)
         state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     state = strip_module_prefix(state)
-    return _from_transformers(state, model) if is_transformers_state_dict(state) else state
+    return _from_transformers(state, model) if is_transformers_state_dict(state) else encoder_part(state, model)
 
 
 def _retie(module: nn.Module, groups: list[list[str]]) -> None:
@@ -261,11 +285,12 @@ class LazyPrior:
     have reads the module's). ``load(device)`` reads ``hps.restore_prior`` and assigns its tensors into the module
     as they come (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
     ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use.
+    ``encode_only``: see :func:`make_prior`.
     """
 
-    def __init__(self, hps: Hyperparams, vqvae: VQVAE) -> None:
-        self.hps, self.vqvae = hps, vqvae
-        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta")
+    def __init__(self, hps: Hyperparams, vqvae: VQVAE, encode_only: bool = False) -> None:
+        self.hps, self.vqvae, self.encode_only = hps, vqvae, encode_only
+        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta", encode_only=encode_only)
         self.tied = _tied_groups(self.module)
         self.device: torch.device | None = None
         self.ids_dir: str | os.PathLike | None = None
@@ -296,7 +321,7 @@ class LazyPrior:
             return self.module.to(device)
         if not self.hps.restore_prior:
             print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
-            fresh = make_prior(self.hps, self.vqvae, "cpu")
+            fresh = make_prior(self.hps, self.vqvae, "cpu", encode_only=self.encode_only)
             fresh.labeller = self.module.labeller
             self.module = fresh
         else:
