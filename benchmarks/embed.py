@@ -8,7 +8,8 @@ matrix-multiply throughput the prior's forward reaches.
 checkpoint (``fp16_params``), and id tables holding only ``unknown``. Each run: one forward as a warm-up unless
 ``--no_warmup``, then ``--windows`` windows in batches of ``--batch_size``, timed as VQ-VAE encoding and prior
 forward. The forward's floating-point operations are counted by ``torch.utils.flop_counter`` during the timed runs;
-the machine's throughput is the median of large ``torch.mm`` products in the compute dtype on the same threads.
+the machine's throughput is the median of large ``torch.mm`` products in the compute dtype on the same threads,
+measured before and after the timed runs (on a shared machine it drifts; both are printed, their mean is used).
 Memory: the weights' bytes from the parameters, and the process's peak resident set (CPU) or the peak allocated
 device memory (CUDA).
 """
@@ -36,20 +37,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> tuple[float, float]:
-    """The median FLOP/s of ``(n, n) @ (n, n)`` products in ``dtype``: per second of wall time, and per second of
-    this process's CPU time divided by the threads (what the cores give when they are not shared)."""
+def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """The median FLOP/s of ``(n, n) @ (n, n)`` products in ``dtype``."""
     a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     a @ b
-    walls, cpus = [], []
+    times = []
     for _ in range(repeats):
         _sync(device)
-        start, cpu = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         a @ b
         _sync(device)
-        walls.append(time.perf_counter() - start)
-        cpus.append((time.process_time() - cpu) / torch.get_num_threads())
-    return 2 * n ** 3 / statistics.median(walls), 2 * n ** 3 / statistics.median(cpus)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times)
 
 
 def random_model(model: str, depth: int, device: torch.device) -> EmbeddingModel:
@@ -88,15 +87,13 @@ def run(model: str, layers: list[int], random: bool, windows: int, batch_size: i
     print(f"{model}: top prior with {depth} of {prior_depth(model)} blocks, {'random' if random else 'released'} "
           f"weights: {params / 1e9:.3f} G parameters, {weights / 2 ** 30:.2f} GiB; n_ctx {embedder.n_ctx}, width "
           f"{embedder.width}; {compute} on {device} ({threads} threads); layers {layers}; batch {batch_size}")
-    peak, peak_cpu = gemm_flops(device, compute)
-    print(f"machine: {peak / 1e9:.0f} GFLOP/s ({compute} torch.mm 4096^3, median; {peak_cpu / 1e9:.0f} per CPU "
-          "second per thread)")
+    before = gemm_flops(device, compute)
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((batch_size, embedder.chunk_samples)).astype(np.float32) * 0.1
     audio = torch.from_numpy(audio).to(device)
     if warmup:
         embedder.layer_frames(embedder.codes(audio))
-    encode_s = forward_s = forward_cpu = 0.0
+    encode_s = forward_s = 0.0
     flops = 0
     batches = max(1, windows // batch_size)
     for i in range(batches):
@@ -104,15 +101,18 @@ def run(model: str, layers: list[int], random: bool, windows: int, batch_size: i
         start = time.perf_counter()
         z = embedder.codes(audio)
         _sync(device)
-        middle, cpu = time.perf_counter(), time.process_time()
+        middle = time.perf_counter()
         with FlopCounterMode(display=False) as counter:
             embedder.layer_frames(z)
         _sync(device)
         encode_s += middle - start
         forward_s += time.perf_counter() - middle
-        forward_cpu += (time.process_time() - cpu) / threads
         flops += counter.get_total_flops()
         print(f"  batch {i + 1}/{batches}: {time.perf_counter() - start:.1f} s", flush=True)
+    after = gemm_flops(device, compute)
+    peak = (before + after) / 2  # the machine may be shared: its throughput around the timed runs
+    print(f"machine: {peak / 1e9:.0f} GFLOP/s ({compute} torch.mm 4096^3, medians {before / 1e9:.0f} before and "
+          f"{after / 1e9:.0f} after the timed runs)")
     done = batches * batch_size
     audio_s = done * embedder.n_ctx / embedder.token_rate
     achieved = flops / forward_s
@@ -122,14 +122,10 @@ def run(model: str, layers: list[int], random: bool, windows: int, batch_size: i
           f"{forward_s:.2f} s -> {audio_s / (encode_s + forward_s):.3f} s of audio per second")
     print(f"forward: {flops / done / 1e12:.3f} TFLOP per window, {achieved / 1e9:.0f} GFLOP/s = "
           f"{achieved / peak:.0%} of the machine's {compute} matrix-multiply throughput")
-    if device.type == "cpu":
-        achieved_cpu = flops / forward_cpu
-        print(f"  per CPU second per thread: {achieved_cpu / 1e9:.0f} GFLOP/s = {achieved_cpu / peak_cpu:.0%} of "
-              f"torch.mm's (wall {forward_s:.1f} s, CPU {forward_cpu * threads:.1f} s on {threads} threads)")
     print(f"peak memory: host {host_peak:.2f} GiB (resident)"
           + (f", device {device_peak:.2f} GiB (allocated)" if device_peak is not None else ""))
     return dict(audio_seconds_per_second=audio_s / (encode_s + forward_s), flops_per_window=flops / done,
-                fraction_of_gemm=achieved / peak, fraction_of_gemm_cpu_time=flops / forward_cpu / peak_cpu, host_peak_gib=host_peak, device_peak_gib=device_peak)
+                fraction_of_gemm=achieved / peak, host_peak_gib=host_peak, device_peak_gib=device_peak)
 
 
 def main(argv: list[str] | None = None) -> dict:

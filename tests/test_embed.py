@@ -17,14 +17,9 @@ import torch
 
 from conftest import DATA, IDS_DIR, REPO, randomize_weights
 from helpers import tiny_model
-from jukebox.embed import (
-    Embedder,
-    EmbeddingModel,
-    Recipe,
-    load_embedding_model,
-    resample_frames,
-    split_windows,
-)
+from jukebox.embed import Embedder, EmbeddingModel, Recipe, load_embedding_model
+from jukebox.embed.embedder import resample_frames
+from jukebox.embed.recipe import split_windows
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import make_prior, make_vqvae
 from jukebox.utils.checkpoint import CheckpointError, save_checkpoint
@@ -206,10 +201,16 @@ def test_layers_deeper_than_the_prior_are_refused():
 
 
 # ------------------------------------------------------------------------------------------------- command line
-def _embed(args: list[str], cwd, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+def _env(**extra: str) -> dict[str, str]:
+    """This checkout's package first, one thread, no debug tracebacks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env.pop("JUKEBOX_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "jukebox.embed", *args], cwd=cwd, env=env, capture_output=True,
+    return env
+
+
+def _embed(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jukebox.embed", *args], cwd=cwd, env=_env(), capture_output=True,
                           text=True, timeout=300)
 
 
@@ -268,9 +269,8 @@ def test_two_ranks_split_the_files_and_do_none_twice(tmp_path):
         port = s.getsockname()[1]
     procs = []
     for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "CUDA_VISIBLE_DEVICES": ""}
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
         procs.append(subprocess.Popen([sys.executable, "-m", "jukebox.embed", "--model=demo", "--layers=3",
                                        f"--audio={music}", "--out=feats", "--workers=0"], cwd=tmp_path, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
