@@ -22,6 +22,7 @@ from jukebox.embed.embedder import resample_frames
 from jukebox.embed.recipe import split_windows
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import make_prior, make_vqvae
+from jukebox.transformer.patterns import AttentionPattern
 from jukebox.utils.checkpoint import CheckpointError, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,6 +33,9 @@ SR = tiny_model.SR
 # one (x_cond added after the transformer), both on the tiny VQ-VAE.
 LABELLED = dict(level=2, n_ctx=16, prior_width=16, prior_depth=6, heads=2, attn_order=2, blocks=4, labels=True,
                 y_bins=(120, 4111), max_bow_genre_size=5, t_bins=16, min_duration=1.0, max_duration=10.0, sr=SR)
+# A 5b_lyrics-like one: a separate lyrics encoder that block 10 attends to (attn_order 8).
+LYRICS = dict(LABELLED, merged_decoder=True, prior_depth=10, attn_order=8, use_tokens=True, n_tokens=8, n_vocab=80,
+              prime_width=8, prime_depth=2, prime_heads=1, prime_attn_order=2, prime_blocks=4, prime_loss_fraction=0.4)
 
 
 def _vqvae():
@@ -39,9 +43,11 @@ def _vqvae():
     return make_vqvae(setup_hparams("", dict(tiny_model.TINY["tiny_vqvae"], sample_length=256)), "cpu")
 
 
-def _labelled_model(merged_decoder: bool, depth: int = 6) -> EmbeddingModel:
+def _labelled_model(merged_decoder: bool | None) -> EmbeddingModel:
+    """``merged_decoder`` None: the lyrics model."""
     vqvae = _vqvae()
-    prior = make_prior(setup_hparams("", dict(LABELLED, merged_decoder=merged_decoder, prior_depth=depth)), vqvae)
+    hps = LYRICS if merged_decoder is None else dict(LABELLED, merged_decoder=merged_decoder)
+    prior = make_prior(setup_hparams("", hps), vqvae)
     randomize_weights(prior, seed=1)
     prior.labeller = _labeller(prior)
     return EmbeddingModel("labelled", vqvae, prior, SR)
@@ -63,7 +69,7 @@ def _plain_frames(prior, z: torch.Tensor, y: torch.Tensor | None, layer: int) ->
     behind the start token, plus positions and x_cond, through blocks 1..layer, plus x_cond again where the model
     adds it after its transformer; the music positions only."""
     x_cond, y_cond, prime = prior.get_cond(None, None if y is None else y.expand(z.shape[0], -1))
-    tokens, skip = z, 0
+    tokens, skip, encoder_kv = z, 0, prior.get_encoder_kv(prime)
     if prior.single_enc_dec:
         tokens, x_cond = prior.prior_preprocess([prime, z], [None, x_cond])
         skip = prior.n_tokens
@@ -73,16 +79,16 @@ def _plain_frames(prior, z: torch.Tensor, y: torch.Tensor | None, layer: int) ->
     if x_cond is not None:
         h = h + x_cond
     for block in list(ar.transformer._attn_mods)[:layer]:
-        h = block(h)
+        h = block(h, encoder_kv if block.attn_func == AttentionPattern.ENCODER_DECODER else None)
     if x_cond is not None and ar.add_cond_after_transformer:
         h = h + x_cond
     return h[:, skip:]
 
 
-@pytest.mark.parametrize("merged_decoder", [True, False])
+@pytest.mark.parametrize("merged_decoder", [True, False, None], ids=["merged", "tied", "lyrics_encoder"])
 def test_features_equal_the_plain_path_of_the_full_prior(merged_decoder):
     model = _labelled_model(merged_decoder)
-    layers = [2, 4, 6]
+    layers = [2, 4, model.depth]
     framewise = Embedder(model, layers, pool="none", recipe=RECIPE, batch_size=2)
     pooled = Embedder(model, layers, pool="mean", recipe=RECIPE)
     maxed = Embedder(model, layers, pool="max", recipe=RECIPE)
@@ -102,6 +108,8 @@ def test_features_equal_the_plain_path_of_the_full_prior(merged_decoder):
             want = torch.stack([_plain_frames(model.prior, z, y, layer)[0] for layer in layers])
         got = framewise(audio)
         assert got.shape == (3, valid, 16)
+        if merged_decoder is None:  # the last layer attends to the (empty) lyrics' encoding
+            assert model.prior.prior.transformer._attn_mods[9].attn_func == AttentionPattern.ENCODER_DECODER
         torch.testing.assert_close(torch.from_numpy(got), want[:, :valid], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(torch.from_numpy(pooled(audio)), want[:, :valid].mean(dim=1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(torch.from_numpy(maxed(audio)), want[:, :valid].amax(dim=1), atol=1e-5, rtol=1e-5)
