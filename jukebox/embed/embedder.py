@@ -86,8 +86,10 @@ class Embedder:
     ``EmbeddingModel`` already built. layers: blocks (1-based) whose output is wanted, one forward for all.
     pool: 'mean', 'max' or 'none' (frame-wise; ``frame_rate`` resamples the frames to that rate in Hz).
     windows: 'first' (JukeMIR) or 'all' (non-overlapping windows; pooled vectors are averaged weighted by their
-    valid frames, frame-wise outputs are concatenated). batch_size: windows per forward. Precision: float16 on
-    CUDA, float32 on CPU; ``bf16=True`` computes the matrix products in bfloat16 instead (autocast).
+    valid frames, frame-wise outputs are concatenated). batch_size: windows per forward. device: where a model given
+    by name is built (default CUDA when available); an ``EmbeddingModel`` stays where it is. Precision: float16 on
+    CUDA, float32 on CPU; ``bf16=True`` computes the matrix products in bfloat16 instead (autocast). ids_dir: the
+    artist/genre tables of a labelled model given by name. recipe: the audio and conditioning choices.
     """
 
     def __init__(self, model: str | EmbeddingModel = "5b", layers: int | str | Sequence[int] = 36, *,
@@ -184,6 +186,8 @@ class Embedder:
         batch: list[tuple[Any, int, Window]] = []
         order: list[Any] = []
         for key, windows in clips:
+            if not windows:
+                raise ValueError(f"clip {key!r} has no windows")
             order.append(key)
             done[key] = [None] * len(windows)
             for i, window in enumerate(windows):
