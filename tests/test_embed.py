@@ -19,11 +19,12 @@ from conftest import DATA, IDS_DIR, REPO, randomize_weights
 from helpers import tiny_model
 from jukebox.embed import Embedder, EmbeddingModel, Recipe, load_embedding_model
 from jukebox.embed.embedder import resample_frames
-from jukebox.embed.recipe import split_windows
+from jukebox.embed.recipe import prepare_audio, read_clip, split_windows
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import make_prior, make_vqvae
 from jukebox.transformer.patterns import AttentionPattern
 from jukebox.utils.checkpoint import CheckpointError, save_checkpoint
+from jukebox.utils.io import load_audio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,3 +291,14 @@ def test_two_ranks_split_the_files_and_do_none_twice(tmp_path):
     assert sorted(done[0] + done[1]) == names and not set(done[0]) & set(done[1]) and all(done)
     assert sorted(json.loads((out / "manifest.json").read_text())["files"]) == names
     assert "embedded 5 files" in outs[0][0]
+
+
+def test_clips_are_read_whole_mono_and_peak_normalised():
+    path = DATA / "formats" / "through_space_stereo_44100.flac"
+    clip = read_clip(path, 22050)
+    whole = load_audio(path, 22050, 0, 8 * 22050, channels=1)[0]
+    assert clip.shape == (8 * 22050,) and np.abs(clip).max() == pytest.approx(1.0)
+    np.testing.assert_allclose(clip, whole / np.abs(whole).max(), atol=1e-6)
+    assert np.array_equal(prepare_audio(np.zeros((2, 5))), np.zeros(5))  # silence stays silence
+    with pytest.raises(ValueError, match="no audio samples"):
+        prepare_audio(np.zeros((1, 0)))
