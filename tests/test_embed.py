@@ -70,10 +70,12 @@ def _plain_frames(prior, z: torch.Tensor, y: torch.Tensor | None, layer: int) ->
     behind the start token, plus positions and x_cond, through blocks 1..layer, plus x_cond again where the model
     adds it after its transformer; the music positions only."""
     x_cond, y_cond, prime = prior.get_cond(None, None if y is None else y.expand(z.shape[0], -1))
-    tokens, skip, encoder_kv = z, 0, prior.get_encoder_kv(prime)
+    tokens, skip, encoder_kv = z, 0, None
     if prior.single_enc_dec:
         tokens, x_cond = prior.prior_preprocess([prime, z], [None, x_cond])
         skip = prior.n_tokens
+    else:
+        encoder_kv = prior.get_encoder_kv(prime)
     ar = prior.prior
     h = ar.x_emb(tokens)
     h = torch.cat([ar.start_input(z.shape[0], y_cond), h[:, :-1]], dim=1) + ar.pos_emb()
