@@ -5,6 +5,7 @@ import difflib
 import functools
 import gc
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ from jukebox.vqvae.vqvae import VQVAE, calculate_hop_lengths, calculate_strides
 
 __all__ = ["calculate_strides", "calculate_hop_lengths", "round_sample_length", "resolve_checkpoint_path",
            "read_checkpoint", "restore_model", "make_vqvae", "make_prior", "make_labeller", "MODELS", "LazyPrior",
-           "make_model", "model_sets", "model_sample_rate", "model_name", "resolve_model"]
+           "make_model", "model_sets", "model_sample_rate", "model_name", "resolve_model", "encoder_part"]
 
 # Each model is its VQ-VAE's hparams set, then one prior set per level from the bottom up.
 # Add your own, e.g. MODELS["my_model"] = ("my_small_vqvae", "my_small_upsampler", "my_small_prior").
@@ -111,7 +112,7 @@ def restore_model(hps: Hyperparams, model: nn.Module, checkpoint_path: str,
     state_dict = checkpoint.get("model", checkpoint)
     if is_transformers_state_dict(state_dict):
         state_dict = _from_transformers(state_dict, model, checkpoint_path)
-    load_state_dict_checked(model, state_dict)
+    load_state_dict_checked(model, encoder_part(strip_module_prefix(state_dict), model))
     model.step = int(checkpoint.get("step", 0))
 
 
@@ -165,10 +166,13 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
 
 
 def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu",
-               checkpoint: Mapping[str, Any] | None = None) -> nn.Module:
+               checkpoint: Mapping[str, Any] | None = None, encode_only: bool = False) -> nn.Module:
     """The prior (or upsampler) of level ``hps.level`` on top of ``vqvae``, restored from
     ``hps.restore_prior`` if set (``checkpoint``: its contents when the caller has read them already with
     :func:`read_checkpoint`).
+
+    ``encode_only``: built without the output layer (``x_out``), for its activations only; it then also loads the
+    checkpoint of a deeper prior of the same hps, keeping its first ``hps.prior_depth`` blocks (:func:`encoder_part`).
 
     Its windows are ``hps.n_ctx`` tokens; the other levels' code shapes scale with it. With
     ``hps.fp16_params`` the transformer's linear weights are stored in float16, except when training
@@ -188,6 +192,8 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
         res_scale=hps.res_scale, pos_init=hps.pos_init, init_scale=hps.init_scale, m_attn=hps.m_attn,
         m_mlp=hps.m_mlp, checkpoint_res=hps.c_res if hps.train else 0,
         checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0)
+    if encode_only:
+        prior_kwargs["only_encode"] = True
     # cond_c_res also decides the module names of the conditioner's residual stacks (blocks vs model).
     x_cond_kwargs = dict(
         out_width=hps.prior_width, init_scale=hps.init_scale, width=hps.cond_width, depth=hps.cond_depth,
@@ -235,6 +241,24 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
     return prior
 
 
+_BLOCK_KEY = re.compile(r"prior\.transformer\._attn_mods\.(\d+)\.")
+
+
+def encoder_part(state_dict: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """The part of a prior's ``state_dict`` that an encode-only prior ``module`` (``make_prior(..., encode_only=True)``)
+    holds: without the output layer ``prior.x_out`` and the blocks of the top transformer deeper than its own. Any other
+    module's state_dict is returned unchanged."""
+    prior = getattr(module, "prior", None)
+    if not getattr(prior, "only_encode", False):
+        return state_dict
+    depth = len(prior.transformer._attn_mods)
+
+    def kept(key: str) -> bool:
+        block = _BLOCK_KEY.match(key)
+        return key != "prior.x_out.weight" and (block is None or int(block.group(1)) < depth)
+    return {k: v for k, v in state_dict.items() if kept(k)}
+
+
 def _from_transformers(state_dict: Mapping[str, torch.Tensor], model: nn.Module, where: str) -> dict[str, torch.Tensor]:
     """Our part of a transformers-format (``JukeboxModel``) state_dict: the VQ-VAE's, or the prior's of its level.
     Only that part's tensors are read; a checkpoint of another model is a ``CheckpointError`` naming ``where``."""
@@ -262,7 +286,7 @@ def _read_weights(path: str, model: nn.Module, origin: Origin = ANY_SOURCE) -> d
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if is_transformers_state_dict(state):
         return _from_transformers(state, model, path)
-    return strip_module_prefix(state)
+    return encoder_part(strip_module_prefix(state), model)
 
 
 def _retie(module: nn.Module, groups: list[list[str]]) -> None:
@@ -305,11 +329,12 @@ class LazyPrior:
     as they come (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
     ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use
     (default: the tables of the weights' source). ``origin``: the other sources of a released prior.
+    ``encode_only``: see :func:`make_prior`.
     """
 
-    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE) -> None:
-        self.hps, self.vqvae, self.origin = hps, vqvae, origin
-        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta")
+    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE, encode_only: bool = False) -> None:
+        self.hps, self.vqvae, self.origin, self.encode_only = hps, vqvae, origin, encode_only
+        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta", encode_only=encode_only)
         self.tied = _tied_groups(self.module)
         self.device: torch.device | None = None
         self.ids_dir: str | os.PathLike | None = None
@@ -344,7 +369,7 @@ class LazyPrior:
             return self.module.to(device)
         if not self.hps.restore_prior:
             print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
-            fresh = make_prior(self.hps, self.vqvae, "cpu")
+            fresh = make_prior(self.hps, self.vqvae, "cpu", encode_only=self.encode_only)
             fresh.labeller = self.module.labeller
             self.module = fresh
         else:
@@ -476,7 +501,8 @@ def model_sample_rate(model: str) -> int:
 
 
 def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels: Sequence[int] | None = None,
-               weights_source: str | None = None) -> tuple[VQVAE, list[LazyPrior]]:
+               weights_source: str | None = None, prior_overrides: Mapping[str, Any] | None = None,
+               encode_only: bool = False) -> tuple[VQVAE, list[LazyPrior]]:
     """The VQ-VAE (on ``device``, restored) and the priors of ``model`` as ``LazyPrior`` s.
 
     ``model``: a ``MODELS`` name, ``hf://owner/name[@revision]`` or a port-layout folder (:func:`resolve_model`).
@@ -484,7 +510,8 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
     cache, OpenAI's storage, then the hub; ``jukebox.utils.sources``).
     ``hps`` gives ``sample_length`` or ``sample_length_in_seconds``; ``hps.sample_length`` is set to the VQ-VAE's
     (rounded to a multiple of the top hop). levels: which priors to return (indices into the model's levels,
-    negative ones from the top; default all, bottom first).
+    negative ones from the top; default all, bottom first). ``prior_overrides``: hparams set on each prior's;
+    ``encode_only``: the priors are built for their activations only (see :func:`make_prior`).
     """
     name, ref = resolve_model(model)
     source = check_source(weights_source)
@@ -495,6 +522,7 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
         **({"restore_vqvae": ref} if ref else {}))), device, origin=origin)
     hps.sample_length = vqvae.sample_length
     levels = range(len(prior_names)) if levels is None else levels
-    priors = [LazyPrior(setup_hparams(prior_names[level], {"restore_prior": ref} if ref else {}), vqvae, origin)
+    overrides = {**(prior_overrides or {}), **({"restore_prior": ref} if ref else {})}
+    priors = [LazyPrior(setup_hparams(prior_names[level], overrides), vqvae, origin, encode_only)
               for level in levels]
     return vqvae, priors

@@ -27,7 +27,7 @@ from jukebox.utils.atomic import atomic_write
 
 __all__ = [
     "AudioReadError", "AudioInfo", "AudioScan", "audio_info", "get_duration_sec", "scan_audio",
-    "load_audio", "save_wav",
+    "load_audio", "read_audio", "save_wav",
 ]
 
 # Extensions read with libsndfile first; anything else goes straight to FFmpeg.
@@ -323,6 +323,17 @@ def load_audio(file: str | os.PathLike, sr: int, offset: float, duration: float,
         x = x[:, skip:skip + duration]
     if x.shape[1] < duration:
         x = np.pad(x, ((0, 0), (0, duration - x.shape[1])))
+    return np.ascontiguousarray(_to_channels(x, channels, file), dtype=np.float32)
+
+
+def read_audio(file: str | os.PathLike, sr: int, channels: int | None = None) -> np.ndarray:
+    """The whole of ``file`` at sample rate ``sr``: ``(C, T)`` float32, as many samples as it decodes to (no header
+    lengths trusted, no padding). ``channels`` as in :func:`load_audio`."""
+    file = os.fspath(file)
+    info = audio_info(file)
+    x = _read_native(file, 0, None)
+    if info.sr != sr and x.shape[1]:
+        x = librosa.resample(x, orig_sr=info.sr, target_sr=sr, res_type="soxr_hq", axis=-1)
     return np.ascontiguousarray(_to_channels(x, channels, file), dtype=np.float32)
 
 
