@@ -82,8 +82,9 @@ def resample_frames(frames: torch.Tensor, rate: float, target_rate: float) -> to
 class Embedder:
     """``Embedder(model, layers)(audio)``: the representation of a clip (see the module docstring).
 
-    model: a ``MODELS`` name, ``hf://...`` or port folder (its top-level prior is built with only its first ``max(layers)`` blocks) or an
-    ``EmbeddingModel`` already built. layers: blocks (1-based) whose output is wanted, one forward for all.
+    model: a ``MODELS`` name, ``hf://...`` or port folder (its top-level prior is built with only its first
+    ``max(layers)`` blocks) or an ``EmbeddingModel`` already built.
+    layers: blocks (1-based) whose output is wanted, one forward for all.
     pool: 'mean', 'max' or 'none' (frame-wise; ``frame_rate`` resamples the frames to that rate in Hz).
     windows: 'first' (JukeMIR) or 'all' (non-overlapping windows; pooled vectors are averaged weighted by their
     valid frames, frame-wise outputs are concatenated). batch_size: windows per forward. device: where a model given
