@@ -257,7 +257,7 @@ def test_failed_fsync_keeps_the_previous_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
-def test_unwritable_sampling_folder_fails_before_any_work(tmp_path, monkeypatch):
+def test_unwritable_sampling_folder_fails_before_any_work(tiny, tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built although its outputs cannot be written")
 
