@@ -22,7 +22,9 @@ being built and keeps the fastest; the result is cached in a JSON file per machi
 and batch (``calibration_path``), so the timing runs once per machine and model.
 
 An Inductor-compiled step (``torch.compile`` with ``freezing``) is not a backend: its float32
-products are ``mkl``'s, and compiling a whole step costs about a minute per process and batch.
+products are the same packed MKL GEMM as ``mkl``'s, and compiling a whole step (weights frozen
+into the graph, the attention as an opaque op) takes far longer than a calibration, in every
+process and for every batch.
 """
 from __future__ import annotations
 
