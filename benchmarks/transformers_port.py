@@ -61,12 +61,19 @@ def _port_sampler(n: int, tokens: int):
                                 nb_relevant_lyric_tokens=0)
     torch.manual_seed(0)
     prior = JukeboxPrior(config, level=0, nb_priors=2).eval()
+    with torch.no_grad():  # the constructor leaves some tensors (biases) uninitialised
+        for p in prior.parameters():
+            p.normal_(0.0, 0.02)
+    prior.apply(prior._init_weights)
     model = prior.prior
+    # Unconditioned, the port's sample asks its output Linear for a .device it does not have: give it one.
+    model.fc_proj_out.device = torch.device("cpu")
 
     def one_round(on_step) -> None:
         handle = model.fc_proj_out.register_forward_hook(lambda *args: on_step())
         try:
-            model.sample(n, sample_tokens=tokens)
+            with torch.no_grad():
+                model.sample(n, sample_tokens=tokens)
         finally:
             handle.remove()
     return one_round
@@ -106,6 +113,16 @@ def worker(side: str, n: int, tokens: int, threads: int) -> None:
 
 
 # ---------------------------------------------------------------------- driver
+def _answer(proc: subprocess.Popen) -> dict:
+    """A worker's next JSON line (the models' builders print other lines first)."""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"error: a worker ended early (exit status {proc.wait()}); see its messages above")
+        if line.startswith("{"):
+            return json.loads(line)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n_samples", type=int, default=4)
@@ -125,13 +142,13 @@ def main() -> None:
                for side, python in pythons.items()}
     try:
         for side, proc in workers.items():
-            print(f"{side}: {proc.stdout.readline().strip()}", flush=True)
+            print(f"{side}: {_answer(proc)}", flush=True)
         steps: dict = {side: [] for side in workers}
         for r in range(a.rounds + 1):
             for side, proc in workers.items():  # one side at a time, alternating
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
-                step = json.loads(proc.stdout.readline())["step_s"]
+                step = _answer(proc)["step_s"]
                 if r:
                     steps[side].append(step)
             if r:

@@ -228,7 +228,7 @@ class StepPlan:
             self.layers = self._build(backend)
             self._forward(x)  # warm-up
             times = []
-            for _ in range(3):
+            for _ in range(5):
                 t = time.perf_counter()
                 self._forward(x)
                 times.append(time.perf_counter() - t)
