@@ -44,7 +44,7 @@ from jukebox.inference import cpu_kernels
 from jukebox.utils.atomic import atomic_write
 
 __all__ = ["BACKENDS", "Backend", "Addmm", "get_backend", "check_backend_name", "fp16_gemm_available", "cpu_info",
-           "calibration_path", "choose"]
+           "calibration_path", "choose", "calibration"]
 
 log = logging.getLogger(__name__)
 
