@@ -7,11 +7,14 @@ medians over repeats:
 * priming ``--prime_tokens`` known tokens in chunks of ``--chunk_size``, then ``--new_tokens`` new ones;
 * the step time deep in the context (after priming ``--deep`` tokens) against near the start;
 * the key/value cache per sample;
+* on CPU, every backend of ``jukebox.inference.cpu_backends`` that runs here, forced in turn
+  (alternating rounds), beside the one calibration chose;
 
-and prints them beside the floor computed on the spot: the bytes of weights one step reads divided
-by the memory bandwidth of a large tensor copy on the same machine and threads (measured at the
-start and again before every timed ancestral run, since it drifts on shared machines). A step can
-not be faster than reading every weight once, whatever the batch.
+and prints them, with the CPU model, its ISA and the threads, beside the floor computed on the spot:
+the bytes of weights one step reads divided by the memory bandwidth of a large tensor copy on the
+same machine and threads (measured at the start and again before every timed ancestral run, since
+it drifts on shared machines). A step can not be faster than reading every weight once, whatever
+the batch. Float16-stored weights (``--hps=...,all_fp16``) count two bytes each: their own floor.
 
 Step times are the intervals between consecutive draws (embedding, all layers, output layer and the
 draw), so allocation and the first position are not counted in per-step figures; end-to-end rates
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jukebox.hparams import setup_hparams
-from jukebox.inference import cpu_kernels
+from jukebox.inference import cpu_backends
 from jukebox.inference.sampler import TokenSampler
 from jukebox.inference.schedule import plan_level
 from jukebox.make_models import make_prior, make_vqvae
@@ -63,13 +66,13 @@ def measure_bandwidth(device: torch.device, mib: int = 512, repeats: int = 7) ->
     return 2 * src.numel() * src.element_size() / statistics.median(times)
 
 
-def weight_bytes_per_step(model: torch.nn.Module, cpu_fp16_weights: bool = False) -> int:
+def weight_bytes_per_step(model: torch.nn.Module, fp16_linear_weights: bool = False) -> int:
     """Bytes of weights a one-token step reads: the transformer's parameters and the output layer
-    (embedding rows are one row per step and are left out). With ``cpu_fp16_weights`` the linear
-    weights count two bytes each, as they are read."""
+    (embedding rows are one row per step and are left out). With ``fp16_linear_weights`` the linear
+    weights count two bytes each, as the ``fbgemm_fp16`` backend reads them."""
     total = 0
     for name, p in model.transformer.named_parameters():
-        size = 2 if cpu_fp16_weights and name.endswith(".w") else p.element_size()
+        size = 2 if fp16_linear_weights and name.endswith(".w") else p.element_size()
         total += p.numel() * size
     if not model.only_encode:
         total += model.x_out.weight.numel() * model.x_out.weight.element_size()
@@ -159,37 +162,39 @@ def _timed(model, device, fn, **options) -> tuple[StepTimer, float]:
 def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples: tuple[int, ...] = (1, 4),
         tokens: int = 48, repeats: int = 3, prime_tokens: int = 1024, chunk_size: int = 32, new_tokens: int = 64,
         prime_samples: int = 1, deep: int = 6000, deep_chunk: int = 1000, fp16: bool = False,
-        cpu_fp16_weights: bool = False, cuda_graph: bool = False, plain_step: bool = False,
-        log=print_once) -> dict:
-    """Run the benchmark and ``log`` a table; returns the measurements as a dict."""
+        cpu_backend: str | None = None, cuda_graph: bool = False, plain_step: bool = False,
+        backends: bool = True, log=print_once) -> dict:
+    """Run the benchmark and ``log`` a table; returns the measurements as a dict. ``cpu_backend``: force one
+    (None: calibrated); ``backends``: also time every CPU backend that runs here."""
     dev = torch.device(device)
     if dev.type == "cpu":
         torch.set_num_threads(threads)
     prior = build_prior(hps, dev)
     model = prior.prior
-    options = dict(cpu_fp16_weights=cpu_fp16_weights, plain_step=plain_step, cuda_graph=cuda_graph)
+    options = dict(cpu_backend=cpu_backend, plain_step=plain_step, cuda_graph=cuda_graph)
     g = torch.Generator().manual_seed(0)
     params = sum(p.numel() for p in model.parameters())
-    weight_bytes = weight_bytes_per_step(model, cpu_fp16_weights and dev.type == "cpu")
+    weight_bytes = weight_bytes_per_step(model, cpu_backend == "fbgemm_fp16" and dev.type == "cpu")
     bandwidth = measure_bandwidth(dev)
     floor = weight_bytes / bandwidth
     # A merged lyrics sequence (single_enc_dec) sits before the n_ctx music tokens of every window.
     out = dict(hps=hps, device=str(dev), n_ctx=prior.n_ctx, prefix_tokens=model.input_dims - prior.n_ctx,
                threads=threads if dev.type == "cpu" else None, params=params, weight_bytes=weight_bytes,
                bandwidth=bandwidth, floor_s=floor, fp16=fp16,
-               cpu_fp16_weights=cpu_fp16_weights, cuda_graph=cuda_graph, plain_step=plain_step)
+               cpu_backend=cpu_backend, cuda_graph=cuda_graph, plain_step=plain_step)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out["load_average"] = load
-    log(f"{hps} on {dev} ({threads} threads, {os.cpu_count()} cores, load average {load:.1f}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
-        if dev.type == "cpu" else f"{hps} on {dev}")
+    if dev.type == "cpu":
+        out["cpu"] = cpu = cpu_backends.cpu_info()
+        log(f"{hps} on {cpu['model']} ({cpu['isa']}; torch kernels {cpu['torch_isa']}), {threads} threads of "
+            f"{os.cpu_count()} cores, load average {load:.1f}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    else:
+        log(f"{hps} on {dev}")
     log(f"  {params / 1e6:.1f} M parameters; a step reads {weight_bytes / 1e6:.0f} MB of weights; "
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> floor {floor * 1e3:.1f} ms/step")
-    if dev.type == "cpu" and not plain_step:
-        out["cpu_kernels"] = cpu_kernels.backend()
-        log(f"  float32 step kernels: {out['cpu_kernels']}")
 
-    def sample(n, prefix=None, sample_tokens=None, chunk=None):
+    def sample(n, prefix=None, sample_tokens=None, chunk=None, **forced):
         x_cond, y_cond, encoder_kv = _conds(model, n, dev, torch.float32, g)
 
         def run_sampler(sampler: TokenSampler):
@@ -198,7 +203,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
                     return sampler.sample(n, x_cond, y_cond, encoder_kv, fp16=fp16, sample_tokens=sample_tokens)
                 return sampler.primed_sample(n, prefix, x_cond, y_cond, encoder_kv, fp16=fp16, chunk_size=chunk,
                                              sample_tokens=sample_tokens)
-        return _timed(model, dev, run_sampler, **options)
+        return _timed(model, dev, run_sampler, **{**options, **forced})
 
     # Ancestral sampling: the first run is the warm-up. Memory bandwidth drifts on shared machines, so it
     # is measured again before every timed run and each batch's floor comes from those measurements.
@@ -212,12 +217,22 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
                 steps += timer.step_times()
                 rates.append(n * (tokens + 2) / total)
         step, floor_n = statistics.median(steps), weight_bytes / statistics.median(bandwidths)
-        out[f"ancestral_n{n}"] = dict(step_s=step, tokens_per_s=n / step, floor_s=floor_n,
-                                      end_to_end_tokens_per_s=statistics.median(rates),
-                                      kv_cache_bytes_per_sample=timer.cache_bytes / n)
+        plan = timer.sampler.plan
+        out[f"ancestral_n{n}"] = res = dict(step_s=step, tokens_per_s=n / step, floor_s=floor_n,
+                                            end_to_end_tokens_per_s=statistics.median(rates),
+                                            kv_cache_bytes_per_sample=timer.cache_bytes / n,
+                                            backend=plan.backend if plan is not None else "plain_step")
         log(f"  ancestral n_samples={n}: {step * 1e3:.1f} ms/step = {n / step:.1f} tokens/s "
             f"({step / floor_n:.2f}x the floor of {floor_n * 1e3:.1f} ms measured between its runs; "
             f"end to end {statistics.median(rates):.1f} tokens/s)")
+        if plan is not None and plan.backend is not None:
+            calibrated = cpu_backends.calibration(plan.shape())
+            res["calibration_ms"] = None if calibrated is None or cpu_backend else calibrated["step_ms"]
+            how = "forced" if cpu_backend else f"calibrated: {_ms_list(res['calibration_ms'] or {})}"
+            log(f"    backend {plan.backend} ({how})")
+            if backends and not cpu_backend:
+                weights = model.transformer._attn_mods[0].attn.c_attn.w.dtype
+                res["backends"] = _time_backends(sample, n, tokens, repeats, floor_n, weights, log)
     kv = out[f"ancestral_n{n_samples[0]}"]["kv_cache_bytes_per_sample"]
     out["kv_cache_bytes_per_sample"] = kv
     log(f"  key/value cache: {kv / 2 ** 20:.0f} MiB per sample (preallocated, its peak)")
@@ -242,6 +257,28 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
             f"{deep_step / start_step:.2f}x the step near the start ({start_step * 1e3:.1f} ms, timed alternately)")
     return out
+
+
+def _ms_list(times: dict) -> str:
+    return ", ".join(f"{name} {t:.1f} ms" for name, t in sorted(times.items(), key=lambda item: item[1]))
+
+
+def _time_backends(sample, n: int, tokens: int, repeats: int, floor: float, weights: torch.dtype, log) -> dict:
+    """Steps of every CPU backend that runs here, forced in turn: alternating rounds after a warm-up round,
+    medians. Returns ``{name: seconds per step}``."""
+    names = [name for name, b in cpu_backends.BACKENDS.items() if b.missing() is None]
+    steps: dict = {name: [] for name in names}
+    for r in range(repeats + 1):
+        for name in names:
+            timer, _ = sample(n, sample_tokens=tokens + 2, cpu_backend=name)
+            if r:
+                steps[name] += timer.step_times()
+    medians = {name: statistics.median(times) for name, times in steps.items()}
+    exact = {name: cpu_backends.BACKENDS[name].exact(weights) for name in names}
+    log("    every backend: " + ", ".join(
+        f"{name} {t * 1e3:.1f} ms ({t / floor:.2f}x{'' if exact[name] else ', not exact'})"
+        for name, t in sorted(medians.items(), key=lambda item: item[1])))
+    return medians
 
 
 def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generator, n: int, prime_tokens: int,
@@ -309,8 +346,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--deep", type=int, default=6000, help="primed tokens before the deep step timing (0: skip)")
     p.add_argument("--deep_chunk", type=int, default=1000, help="chunk size of that priming")
     p.add_argument("--fp16", action="store_true", help="half-precision compute on CUDA (default there)")
-    p.add_argument("--cpu_fp16_weights", action="store_true",
-                   help="read float32 weights as float16 on CPU (faster, not exact; off by default)")
+    p.add_argument("--cpu_backend", default=None,
+                   help=f"run CPU steps through one of {', '.join(cpu_backends.BACKENDS)} (default: calibrated; "
+                   "fbgemm_fp16 reads float32 weights as float16: faster, not exact)")
+    p.add_argument("--no_backends", action="store_true", help="skip timing every CPU backend in turn")
     p.add_argument("--no_cuda_graph", action="store_true",
                    help="on CUDA, launch every kernel of a step instead of replaying it as one CUDA graph")
     p.add_argument("--plain_step", action="store_true",
@@ -318,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--song_seconds", type=float, default=20.0,
                    help="with the CUDA default sets: project the time to sample this much music with 1b_lyrics")
     a = p.parse_args(argv)
+    cpu_backends.check_backend_name(a.cpu_backend)
     cuda = a.device.startswith("cuda")
     sets = [a.hps] if a.hps else (list(CUDA_DEFAULTS) if cuda else [CPU_DEFAULT])
     results = {}
@@ -327,8 +367,9 @@ def main(argv: list[str] | None = None) -> dict:
         results[hps] = run(hps=hps, device=a.device, threads=a.threads, n_samples=n_samples, tokens=a.tokens,
                            repeats=a.repeats, prime_tokens=a.prime_tokens, chunk_size=a.chunk_size or chunk,
                            new_tokens=a.new_tokens, prime_samples=a.prime_samples or n_samples[0], deep=a.deep,
-                           deep_chunk=a.deep_chunk, fp16=a.fp16 or cuda, cpu_fp16_weights=a.cpu_fp16_weights,
-                           cuda_graph=cuda and not a.no_cuda_graph, plain_step=a.plain_step)
+                           deep_chunk=a.deep_chunk, fp16=a.fp16 or cuda, cpu_backend=a.cpu_backend,
+                           cuda_graph=cuda and not a.no_cuda_graph, plain_step=a.plain_step,
+                           backends=not a.no_backends)
     if TOP_1B in results and UPSAMPLER in results and a.song_seconds and a.prime_tokens:
         # upsampler_level_1 has upsampler_level_0's architecture, so its steps cost the same.
         hps = setup_hparams(TOP_1B, {})

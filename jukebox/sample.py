@@ -12,6 +12,8 @@ Conditioning: ``--artist``, ``--genre``, ``--lyrics`` or ``--lyrics_file``, or `
 the transformers port's layout; ``--weights_source=openai|hf`` keeps one source of a released model's weights.
 Sampling settings per level (bottom level first) can be overridden with ``--temp``, ``--fp16``,
 ``--max_batch_size``, ``--chunk_size``, ``--top_k``, ``--top_p``, each a scalar or a comma list.
+``--cpu_backend=NAME`` runs CPU sampling steps through one backend of ``jukebox.inference.cpu_backends``
+(``numba``, ``mkl``, ``onednn``, ``fbgemm_fp16``, ``plain``) instead of the one calibrated for the machine.
 
 Outputs go to ``{name}/level_{k}/``: ``item_{i}.wav``, ``data.pth.tar`` (zs, labels, sampling_kwargs, x;
 tensors and plain types only) and ``index.html`` with one page per item (lyric alignment for lyric models).
@@ -37,6 +39,7 @@ import fire
 import torch
 
 from jukebox.hparams import Hyperparams
+from jukebox.inference.cpu_backends import check_backend_name
 from jukebox.inference.inputs import (
     EXAMPLE_METAS,
     as_text,
@@ -108,10 +111,12 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
         seed: int | None = None, temp: Any = None, fp16: Any = None, max_batch_size: Any = None,
         chunk_size: Any = None, top_k: Any = None, top_p: Any = None, artist: Any = None, genre: Any = None,
         lyrics: Any = None, lyrics_file: str | None = None, metas: str | None = None,
-        ids_dir: str | None = None, sample_length: int = 0, weights_source: str | None = None) -> None:
+        ids_dir: str | None = None, sample_length: int = 0, weights_source: str | None = None,
+        cpu_backend: str | None = None) -> None:
     """Sample ``n_samples`` songs with ``model`` into ``name`` (see the module docstring for the options)."""
     check_mode(mode, codes_file, audio_file, prompt_length_in_seconds)
     check_source(weights_source)
+    check_backend_name(cpu_backend)
     model_id, model = model, model_name(model)
     hop_fraction = _per_level(hop_fraction, levels, "hop_fraction", float)
     check_hop_fraction(hop_fraction)
@@ -139,7 +144,7 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
         model=model, n_samples=n_samples, sample_length=hps.sample_length, sr=sr, hop_fraction=hop_fraction,
         metas=song_metas, sampling_kwargs=sampling_kwargs, mode=mode, prompt_length=prompt_length,
         codes_file=None if codes_file is None else codes_file.replace("{rank}", str(rank)),
-        audio_files=as_text(audio_file).split(",") if audio_file else None)
+        audio_files=as_text(audio_file).split(",") if audio_file else None, cpu_backend=cpu_backend)
     session = SamplingSession(vqvae, priors, options, logdir, device, rank=rank)
     try:
         session.run(seed)

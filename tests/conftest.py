@@ -65,6 +65,19 @@ def randomize_weights(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory):
+    """CPU step plans calibrate their backend once per shape (jukebox.inference.cpu_backends): into a file of
+    the test session, not the user's cache."""
+    previous = os.environ.get("JUKEBOX_CPU_CALIBRATION")
+    os.environ["JUKEBOX_CPU_CALIBRATION"] = str(tmp_path_factory.mktemp("calibration") / "cpu_backends.json")
+    yield
+    if previous is None:
+        os.environ.pop("JUKEBOX_CPU_CALIBRATION", None)
+    else:
+        os.environ["JUKEBOX_CPU_CALIBRATION"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     # The reference outputs were produced with 2 threads; fix the count so reductions are stable.

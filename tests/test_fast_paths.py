@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_weights
+from jukebox.inference import cpu_backends
 from jukebox.inference.sampler import TokenSampler
-from jukebox.inference.step_plan import StepPlan, fp16_gemm_available
+from jukebox.inference.step_plan import StepPlan
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
 from jukebox.transformer.ops import convert_conv_weights_to_fp16
 from jukebox.transformer.transformer import Transformer
@@ -44,11 +45,11 @@ def _inputs(seed: int = 0):
 
 
 def _stepped(model: Transformer, x, enc, n_prime: int, fast: bool, static: bool = False,
-             cpu_fp16_weights: bool = False) -> torch.Tensor:
+             cpu_backend: str | None = None) -> torch.Tensor:
     """Prime n_prime positions in one chunk, then step one position at a time (through a StepPlan if fast)."""
     cache = model.new_cache(N)
     outs = [model(x[:, :n_prime], enc, cache=cache)]
-    plan = StepPlan(list(model._attn_mods), cache, torch.float32, cpu_fp16_weights) if fast else None
+    plan = StepPlan(list(model._attn_mods), cache, torch.float32, cpu_backend) if fast else None
     for t in range(n_prime, N_CTX):
         xt = x[:, t:t + 1]
         if plan is None:
@@ -62,24 +63,43 @@ def _stepped(model: Transformer, x, enc, n_prime: int, fast: bool, static: bool 
     return torch.cat(outs, dim=1)
 
 
-def _plan(model: Transformer, x, enc, cpu_fp16_weights: bool = False) -> StepPlan:
+def _plan(model: Transformer, x, enc, cpu_backend: str | None = None) -> StepPlan:
     """The step plan after one plain position."""
     cache = model.new_cache(N)
     model(x[:, :1], enc, cache=cache)
-    return StepPlan(list(model._attn_mods), cache, torch.float32, cpu_fp16_weights)
+    return StepPlan(list(model._attn_mods), cache, torch.float32, cpu_backend)
+
+
+def _runnable(name: str) -> str:
+    """A CPU backend's name, after skipping (saying why) where it can not run."""
+    reason = cpu_backends.BACKENDS[name].missing()
+    if reason is not None:
+        pytest.skip(f"cpu backend {name} can not run here: {reason}")
+    return name
+
+
+@pytest.fixture(params=[name for name, b in cpu_backends.BACKENDS.items() if b.exact(torch.float32)])
+def backend(request) -> str:
+    """Every CPU backend exact for float32 weights (``fbgemm_fp16`` rounds them: an opt-in, tested on its own)."""
+    return _runnable(request.param)
+
+
+@pytest.fixture(params=list(cpu_backends.BACKENDS))
+def any_backend(request) -> str:
+    return _runnable(request.param)
 
 
 @pytest.mark.parametrize("name", sorted(ORDERS))
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_fast_step_matches_plain_path_and_full_forward(name, static, cpu_kernels_mode):
+def test_fast_step_matches_plain_path_and_full_forward(name, static, backend):
     order, depth = ORDERS[name]
     model = _transformer(order, depth)
     x, enc = _inputs()
     with torch.no_grad():
         full = model(x, enc)
         plain = _stepped(model, x, enc, n_prime=1, fast=False)
-        fast = _stepped(model, x, enc, n_prime=1, fast=True, static=static)
-        primed = _stepped(model, x, enc, n_prime=29, fast=True, static=static)
+        fast = _stepped(model, x, enc, n_prime=1, fast=True, static=static, cpu_backend=backend)
+        primed = _stepped(model, x, enc, n_prime=29, fast=True, static=static, cpu_backend=backend)
     torch.testing.assert_close(plain, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(primed, full, atol=1e-5, rtol=0)
@@ -192,26 +212,27 @@ def test_seeded_sampling_is_the_same_on_both_paths():
     assert torch.equal(tokens[0], tokens[1])
 
 
-@pytest.mark.skipif(not fp16_gemm_available(), reason="needs FBGEMM (x86 CPU build)")
-def test_fp16_weights_use_packed_gemm_and_match():
-    """float16 stored weights (fp16_params) step through fbgemm on the same values; the opt-in
-    cpu_fp16_weights rounds float32 weights to float16 in the one-token steps only."""
+def test_fp16_weights_are_exact_and_the_opt_in_rounds(any_backend):
+    """Float16-stored weights (fp16_params) step through every backend on the same values as the plain path;
+    forcing fbgemm_fp16 on float32 weights rounds them to float16 in the one-token steps only."""
     x, enc = _inputs(2)
-    model = _transformer(6, 4)
     half = convert_conv_weights_to_fp16(_transformer(6, 4))
     with torch.no_grad():
         ref = _stepped(half, x, enc, n_prime=1, fast=False)
-        got = _stepped(half, x, enc, n_prime=1, fast=True)
-        exact = _stepped(model, x, enc, n_prime=1, fast=True)
-        assert _plan(model, x, enc).layers[0].c_attn.packed is None  # float32 stays exact by default
-        rounded = _stepped(model, x, enc, n_prime=1, fast=True, cpu_fp16_weights=True)
-        linear = _plan(model, x, enc, cpu_fp16_weights=True).layers[0].c_fc
+        got = _stepped(half, x, enc, n_prime=1, fast=True, cpu_backend=any_backend)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert cpu_backends.BACKENDS[any_backend].exact(torch.float16)
+    if any_backend != "fbgemm_fp16":
+        return
+    model = _transformer(6, 4)
+    with torch.no_grad():
+        exact = _stepped(model, x, enc, n_prime=1, fast=True, cpu_backend="plain")
+        rounded = _stepped(model, x, enc, n_prime=1, fast=True, cpu_backend="fbgemm_fp16")
+        linear = _plan(model, x, enc, cpu_backend="fbgemm_fp16").layers[0].c_fc
         y = torch.randn(3, W)
         conv = model._attn_mods[0].mlp.c_fc
         expected = torch.addmm(conv.b, y, conv.w.half().float())
-    assert linear.packed is not None
     torch.testing.assert_close(linear(y), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(rounded, exact, atol=1e-2, rtol=0)
     assert (exact - rounded).abs().max() > 1e-6  # the opt-in really computes with rounded weights
 
@@ -225,7 +246,7 @@ def test_bench_helpers_count_weights_and_steps():
     linear_w = sum(p.numel() for n, p in m.transformer.named_parameters() if n.endswith(".w"))
     everything = sum(p.numel() for p in m.transformer.parameters()) + m.x_out.weight.numel()
     assert weight_bytes_per_step(m) == 4 * everything
-    assert weight_bytes_per_step(m, cpu_fp16_weights=True) == 4 * everything - 2 * linear_w
+    assert weight_bytes_per_step(m, fp16_linear_weights=True) == 4 * everything - 2 * linear_w
     g = torch.Generator().manual_seed(6)
     conds = (torch.randn(1, N_CTX, W, generator=g), torch.randn(1, 1, W, generator=g),
              torch.randn(1, ENC, W, generator=g))
@@ -271,28 +292,23 @@ def test_written_out_attention_matches_sdpa(heads, with_idx):
     torch.testing.assert_close(_attention(q, key, value, mask, heads, scale, idx), got, atol=1e-6, rtol=1e-5)
 
 
-@pytest.fixture(params=["numba", "torch"])
-def cpu_kernels_mode(request, monkeypatch):
-    """Float32 CPU steps with the numba kernels (where numba has a parallel threading layer) and
-    without them (torch over the same tiles), as on a machine without OpenMP for numba."""
+def _needs_numba():
     from jukebox.inference import cpu_kernels
 
-    if request.param == "numba" and not cpu_kernels.available():
+    if not cpu_kernels.available():
         pytest.skip("numba has no OpenMP/TBB threading layer here")
-    if request.param == "torch":
-        monkeypatch.setattr(cpu_kernels, "_kernels", lambda: None)
-    return request.param
 
 
 @pytest.mark.parametrize("n_out", [96, 64, 7])
 @pytest.mark.parametrize("rows", [1, 3, 9])
-def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
+def test_tiled_products_equal_addmm(n_out, rows):
     """Float32 CPU steps multiply weights as zero-padded column tiles (cpu_kernels.TiledLinear):
     addmm's numbers to float32 rounding for any batch and width, with the layer norm before and
     quick_gelu and the residual after the product when asked."""
     from jukebox.inference.cpu_kernels import TILE, TiledLinear
     from jukebox.transformer.ops import Conv1D
 
+    _needs_numba()
     conv = Conv1D(24, n_out)
     randomize_weights(conv, seed=n_out)
     conv.b.data.normal_()
@@ -312,7 +328,8 @@ def test_tiled_products_equal_addmm(n_out, rows, cpu_kernels_mode):
 
 def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     """Without numba (or a parallel threading layer for it) the kernels report unavailable with a
-    warning that says so, and float32 CPU steps still match the plain path through torch."""
+    warning that says so; calibration passes the numba backend by, forcing it is refused, and steps
+    still match the plain path (torch's attention, another backend's products)."""
     from jukebox.inference import cpu_kernels
 
     def no_numba(cache):
@@ -323,14 +340,16 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     try:
         with pytest.warns(UserWarning, match="numba kernels unavailable .*No module named 'numba'"):
             assert not cpu_kernels.available()
-        assert cpu_kernels.backend() == "torch"
+        assert cpu_kernels.backend() == "unavailable"
         model = _transformer(2, 3)
         x, enc = _inputs(3)
         with torch.no_grad():
             plain = _stepped(model, x, enc, n_prime=1, fast=False)
             fast = _stepped(model, x, enc, n_prime=1, fast=True)
-            layer = _plan(model, x, enc).layers[0]
-        assert not layer.cpu_attention and not layer.cpu_fused and layer.c_attn.tiles is not None
+            plan = _plan(model, x, enc)
+            with pytest.raises(ValueError, match="--cpu_backend=numba can not run here: numba"):
+                _plan(model, x, enc, cpu_backend="numba")
+        assert plan.backend != "numba" and plan.layers[0].cpu_attention is None and not plan.layers[0].fused
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     finally:
         cpu_kernels._kernels.cache_clear()
@@ -342,8 +361,7 @@ def test_kernel_attention_writes_cache_and_matches_sdpa(heads, step):
     scaled_dot_product_attention over the cache rows start:stop:step (strided for column attention)."""
     from jukebox.inference import cpu_kernels
 
-    if not cpu_kernels.available():
-        pytest.skip("numba has no OpenMP/TBB threading layer here")
+    _needs_numba()
     g = torch.Generator().manual_seed(heads)
     n, keys, state, scale = 3, 24, 16, 0.3
     proj = torch.randn(n, 3 * state, generator=g)

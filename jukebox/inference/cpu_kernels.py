@@ -17,7 +17,7 @@ add after it, and the cache write with the whole attention of one new position (
 
 The kernels need numba (installed with librosa) with a parallel threading layer (OpenMP or TBB);
 numba's fallback ``workqueue`` layer is slower than the BLAS, so then ``available()`` is False
-and callers use torch: ``torch.bmm`` over the same tiles, and their own attention.
+and steps use another backend (``jukebox.inference.cpu_backends``) and torch's attention.
 """
 from __future__ import annotations
 
@@ -137,16 +137,16 @@ def _kernels():
         attended = np.empty((1, 2), np.float32)
         attention_kernel(np.ones((1, 6), np.float32), cache, cache.copy(), 1, 0, 2, 1, 1, 1.0, attended)
     except Exception as error:  # noqa: BLE001 (no numba, or it can not compile or run here: fall back)
-        _note(f"numba kernels unavailable ({error}); float32 CPU steps use torch")
+        _note(f"numba kernels unavailable ({error}); CPU steps use the other backends")
         return None
     if numba.threading_layer() == "workqueue" or not (out == 2.0).all() or not (attended == 1.0).all():
-        _note("numba has no OpenMP or TBB threading layer; float32 CPU steps use torch")
+        _note("numba has no OpenMP or TBB threading layer; CPU steps use the other backends")
         return None
     return numba, kernel, attention_kernel
 
 
 def _note(message: str) -> None:
-    warnings.warn(message + " (slower; see the README's Sampling speed)", stacklevel=4)
+    warnings.warn(message + " (see the README's Sampling speed)", stacklevel=4)
 
 
 def available() -> bool:
@@ -155,9 +155,9 @@ def available() -> bool:
 
 
 def backend() -> str:
-    """What float32 CPU steps run on here, e.g. ``"numba (omp threading layer)"`` or ``"torch"``."""
+    """What the kernels run on here, e.g. ``"numba (omp threading layer)"``, or ``"unavailable"``."""
     kernel = _kernels()
-    return "torch" if kernel is None else f"numba ({kernel[0].threading_layer()} threading layer)"
+    return "unavailable" if kernel is None else f"numba ({kernel[0].threading_layer()} threading layer)"
 
 
 def match_threads() -> None:
@@ -177,8 +177,7 @@ class TiledLinear:
     ``gelu``, quick_gelu ``y sigmoid(1.702 y)`` of the output.
 
     Calling it maps x ``(M, n_in)`` to ``(M, n_out)``, plus ``residual`` ``(M, n_out)`` if given; the
-    kernel does the norm, product, bias, activation and residual in one pass. Without the numba
-    kernel the tiles are multiplied by ``torch.bmm`` and torch does the rest.
+    kernel does the norm, product, bias, activation and residual in one pass. Needs ``available()``.
     """
 
     __slots__ = ("tiles", "bias", "norm", "gelu", "n_out", "_kernel", "_args")
@@ -192,30 +191,17 @@ class TiledLinear:
         self.bias = b.detach().float().contiguous()
         self.norm = None if norm is None else (norm[0].detach().float().contiguous(),
                                                norm[1].detach().float().contiguous(), float(norm[2]))
-        kernel = _kernels()
-        self._kernel = kernel[1] if kernel is not None else None
+        self._kernel = _kernels()[1]
         norm_args = (_NONE_1D, _NONE_1D, 0.0) if norm is None else \
             (self.norm[0].numpy(), self.norm[1].numpy(), self.norm[2])
         self.gelu = gelu
         self._args = (*norm_args, self.tiles.numpy(), self.bias.numpy(), gelu)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self._kernel is None:
-            return self._torch(x, residual)
         out = np.empty((x.shape[0], self.n_out), dtype=np.float32)
         self._kernel(x.contiguous().numpy(), *self._args,
                      _NONE_2D if residual is None else residual.contiguous().numpy(), out)
         return torch.from_numpy(out)
-
-    def _torch(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        if self.norm is not None:
-            x = torch.nn.functional.layer_norm(x, x.shape[-1:], *self.norm)
-        n_tiles = self.tiles.shape[0]
-        y = torch.bmm(x.expand(n_tiles, *x.shape), self.tiles)  # (P, M, TILE)
-        y = y.transpose(0, 1).reshape(x.shape[0], -1)[:, :self.n_out] + self.bias
-        if self.gelu:
-            y = y * torch.sigmoid(1.702 * y)
-        return y if residual is None else residual + y
 
 
 class CacheAttention:

@@ -6,8 +6,8 @@ fresh cache in chunks, then every step feeds one position and draws its token fr
 
 * the first position (and every step with ``plain_step``, or while attention is recorded) runs the
   model's plain cached forward;
-* on CPU, and on CUDA with ``cuda_graph=False``, the next ones run a ``StepPlan`` (numba kernels for
-  float32 on CPU);
+* on CPU, and on CUDA with ``cuda_graph=False``, the next ones run a ``StepPlan`` (on CPU through the
+  ``cpu_backend`` named, or the one calibrated for this machine: see ``cpu_backends``);
 * with ``cuda_graph`` (default: on CUDA), a ``StaticStep`` replays the whole step as a CUDA graph.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from jukebox.inference import cpu_kernels
+from jukebox.inference.cpu_backends import check_backend_name
 from jukebox.inference.static_step import StaticStep
 from jukebox.inference.step_plan import StepPlan
 from jukebox.transformer.kv_cache import KVCache
@@ -78,19 +78,23 @@ class TokenSampler:
 
     ``plain_step``: every step through the model's modules (for comparison). ``cuda_graph``: fixed-shape
     steps, replayed as CUDA graphs on CUDA (None: on CUDA only; True also runs them eagerly elsewhere).
-    ``cpu_fp16_weights``: read float32 weights as float16 in CPU steps (faster, not exact).
+    ``cpu_backend``: the ``cpu_backends.BACKENDS`` name that runs float32 CPU steps (None: the fastest
+    exact one, calibrated per machine; ``"fbgemm_fp16"`` on float32 weights reads them as float16: faster,
+    not exact).
     ``on_primed`` and ``on_draw`` are called after the prefix is cached and before every draw.
-    ``cache`` is the key/value cache of the latest run.
+    ``cache`` is the key/value cache of the latest run, ``plan`` its ``StepPlan`` (None on the plain path).
     """
 
     def __init__(self, model, plain_step: bool = False, cuda_graph: bool | None = None,
-                 cpu_fp16_weights: bool = False, on_primed: Hook | None = None, on_draw: Hook | None = None):
+                 cpu_backend: str | None = None, on_primed: Hook | None = None, on_draw: Hook | None = None):
         self.model = model
         self.plain_step = plain_step
         self.cuda_graph = cuda_graph
-        self.cpu_fp16_weights = cpu_fp16_weights
+        check_backend_name(cpu_backend)
+        self.cpu_backend = cpu_backend
         self.on_primed, self.on_draw = on_primed, on_draw
         self.cache: KVCache | None = None
+        self.plan: StepPlan | None = None
 
     # ------------------------------------------------------------------ public
     def sample(self, n_samples: int, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
@@ -162,6 +166,7 @@ class TokenSampler:
         pos_emb = m.pos_emb()
         dtype = m.transformer.compute_dtype(fp16, x.device)
         cache = self.cache = m.transformer.new_cache(N, dtype, x.device)
+        self.plan = None
         t = 0
         for size in get_split_chunks(n_prime, chunk_size):
             h = m.cached_forward(*m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond), encoder_kv, fp16, cache)
@@ -196,12 +201,12 @@ class TokenSampler:
         blocks = list(m.transformer._attn_mods)
         if self.plain_step or any(block.attn.record_attn for block in blocks):
             return None
-        plan = StepPlan(blocks, cache, cache.dtype, self.cpu_fp16_weights)
+        plan = self.plan = StepPlan(blocks, cache, cache.dtype, self.cpu_backend)
         use_graph = self.cuda_graph if self.cuda_graph is not None else pos_emb.device.type == "cuda"
         if use_graph:
             static = StaticStep(m, plan, pos_emb, x_cond)
             return lambda x, t: static(x[:, t - 1]).unsqueeze(1)
-        project = self._step_output(cache.n_samples)
+        project = self._step_output(plan)
 
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             h, cond = m.sampling_inputs(x, t, t + 1, start, pos_emb, x_cond)
@@ -210,21 +215,22 @@ class TokenSampler:
 
         return step
 
-    def _step_output(self, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``x_out`` for one-position steps ``(n, 1, width) -> (n, 1, bins)``: with float32 weights on CPU
-        through the tiled kernel, which reads the weight at memory bandwidth (as the layers' products)."""
-        w = self.model.x_out.weight
-        if w.device.type != "cpu" or w.dtype != torch.float32 or not cpu_kernels.available():
+    def _step_output(self, plan: StepPlan) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x_out`` for one-position steps ``(n, 1, width) -> (n, 1, bins)``, on CPU through the plan's backend
+        (which reads the weight as it reads the layers')."""
+        product = plan.output(self.model.x_out.weight)
+        if product is None:
             return self.model.x_out
-        tiled = cpu_kernels.TiledLinear(w.t(), torch.zeros(w.shape[0]))
-        return lambda h: tiled(h.reshape(n, -1)).view(n, 1, -1)
+        n = plan.cache.n_samples
+        return lambda h: product(h.reshape(n, -1)).view(n, 1, -1)
 
 
 def sample_codes(prior, n_samples: int, z: torch.Tensor | None = None, z_conds: list[torch.Tensor] | None = None,
                  y: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
-                 top_p: float = 0.0, chunk_size: int | None = None, sample_tokens: int | None = None) -> torch.Tensor:
+                 top_p: float = 0.0, chunk_size: int | None = None, sample_tokens: int | None = None,
+                 cpu_backend: str | None = None) -> torch.Tensor:
     """Codes ``(N, sample_tokens or n_ctx)`` of one window of ``prior`` (a ``SimplePrior``) given the codes of the
-    levels above and labels y, continuing the prefix z ``(N, L)`` if given."""
+    levels above and labels y, continuing the prefix z ``(N, L)`` if given; ``cpu_backend`` as ``TokenSampler``'s."""
     for name, value in (("z", z), ("y", y), *((f"z_conds[{i}]", c) for i, c in enumerate(z_conds or []))):
         if value is not None and value.shape[0] != n_samples:
             raise ValueError(f"{name} has {value.shape[0]} items but n_samples is {n_samples}")
@@ -232,7 +238,7 @@ def sample_codes(prior, n_samples: int, z: torch.Tensor | None = None, z_conds: 
     no_past_context = z is None or z.shape[1] == 0
     print_once(f"{'Ancestral' if no_past_context else 'Primed'} sampling {n_samples} samples with temp={temp}, "
                f"top_k={top_k}, top_p={top_p}")
-    sampler = TokenSampler(prior.prior)
+    sampler = TokenSampler(prior.prior, cpu_backend=cpu_backend)
     kwargs = dict(fp16=fp16, temp=temp, top_k=top_k, top_p=top_p)
     with torch.no_grad():
         x_cond, y_cond, prime = prior.get_cond(z_conds, y)

@@ -35,6 +35,7 @@ import torch
 from jukebox.align import can_align, get_alignment
 from jukebox.hparams import Hyperparams
 from jukebox.inference import schedule
+from jukebox.inference.cpu_backends import check_backend_name
 from jukebox.inference.inputs import default_sampling_kwargs, load_codes, load_prompts
 from jukebox.save_html import save_html
 from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -79,6 +80,8 @@ class SamplingOptions:
     mode: one of ``MODES``. codes_file: the data.pth.tar of an earlier run (continue, upsample).
     audio_files: the prompts (primed), tiled over the samples. prompt_length: audio samples of the prompt
     (primed), or where the codes are cut (continue, upsample; None keeps them all).
+    cpu_backend: the backend of CPU sampling steps (``jukebox.inference.cpu_backends``; None: calibrated per
+    machine). It does not change the codes beyond float rounding, so a run may resume with another.
     """
 
     model: str
@@ -92,9 +95,11 @@ class SamplingOptions:
     codes_file: str | None = None
     audio_files: Sequence[str] | None = None
     prompt_length: int | None = None
+    cpu_backend: str | None = None
 
     def __post_init__(self) -> None:
         check_mode(self.mode, self.codes_file, self.audio_files, self.prompt_length)
+        check_backend_name(self.cpu_backend)
         # lists, as they come back from the progress file's JSON, so that equal options compare equal
         self.hop_fraction = [float(h) for h in self.hop_fraction]
         check_hop_fraction(self.hop_fraction)
@@ -114,6 +119,10 @@ class SamplingOptions:
     def levels(self) -> int:
         """The model's number of levels (one hop fraction each)."""
         return len(self.hop_fraction)
+
+    def prior_kwargs(self) -> list[dict]:
+        """Per level (bottom first), the keyword arguments of ``prior.sample`` (and ``max_batch_size``)."""
+        return [dict(kw, cpu_backend=self.cpu_backend) for kw in self.sampling_kwargs]
 
     def settings(self) -> dict:
         """The options as the progress file records them (its ``settings``)."""
@@ -240,7 +249,7 @@ class SamplingSession:
             self.write_level(level, zs, alignments)
             self.progress.write(zs, level - 1, 0, seed, alignments)
 
-        zs = schedule.sample_levels(zs, labels, self.options.sampling_kwargs, self.priors, levels,
+        zs = schedule.sample_levels(zs, labels, self.options.prior_kwargs(), self.priors, levels,
                                     self.options.sample_length, self.options.hop_fraction, self.device,
                                     resume=resume, after_window=after_window, after_level=after_level)
         self.progress.remove()

@@ -21,31 +21,31 @@ Two step kinds share the layer arithmetic:
 
 Both take slots and windows from the layers' ``CacheLayout`` s, as the plain path does.
 
-On CPU in float32, the numba kernels of ``cpu_kernels`` (where numba has a parallel threading
-layer) do the attention of the new position in ``step``, with its cache write, and for float32
-weights the products with the layer norms, activation and residual adds around them; they read the
-weights at about the memory bandwidth and differ from the plain path by float32 rounding.
-
-Weights: on CUDA they are used as stored; float16 weights on CPU (``fp16_params`` checkpoints) run
-through FBGEMM's float16-weight GEMM, which reads half the bytes and computes in float32 on the
-exact float16 values. ``cpu_fp16_weights=True`` packs float32 weights to float16 the same way:
-faster on CPU but no longer exact (an opt-in trade, off by default).
+On CPU in float32 the products come from a ``cpu_backends.Backend`` (numba tiles, MKL or oneDNN
+with weights packed once for the run, FBGEMM's float16 GEMM, or plain ``addmm``): the one named,
+or the fastest exact one for this machine, model shape and batch, found by timing a few steps the
+first time (``cpu_backends.choose``) and cached. The numba backend also runs the layer norms,
+activation and residual adds inside its products, and every backend but ``plain`` attends with
+the numba cache attention where numba runs. Exact backends differ from the plain path by float32
+rounding; ``fbgemm_fp16`` on float32 weights reads them rounded to float16 (an opt-in). On CUDA
+weights are used as stored.
 """
 from __future__ import annotations
 
 import math
+import time
 import warnings
-import weakref
 
 import torch
 import torch.nn.functional as F
 
-from jukebox.inference import cpu_kernels
+from jukebox.inference import cpu_backends, cpu_kernels
+from jukebox.inference.cpu_backends import Addmm, Backend, Product
 from jukebox.transformer.kv_cache import KVCache, LayerCache
 from jukebox.transformer.ops import Conv1D, quick_gelu
 from jukebox.transformer.patterns import AttentionPattern
 
-__all__ = ["StepPlan", "fp16_gemm_available"]
+__all__ = ["StepPlan"]
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -134,73 +134,15 @@ def _can_compile(device: torch.device) -> bool:
     return has_triton()
 
 
-def fp16_gemm_available() -> bool:
-    """Whether this PyTorch build has FBGEMM's float16-weight GEMM (x86 CPU builds)."""
-    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized,
-                                                                                "linear_dynamic_fp16")
-
-
-class _Linear:
-    """A ``Conv1D`` resolved for one run: ``(M, n_in) -> (M, n_out)`` in the compute dtype.
-
-    Float32 weights on CPU are copied, for the run, into column tiles (``cpu_kernels.TiledLinear``,
-    which also applies ``norm`` to its input and ``gelu`` to its output), read at about the memory bandwidth
-    where the BLAS reads a plain ``(n_in, n_out)`` matrix times a few rows at a fraction of it.
-    Results differ from ``addmm`` by float32 rounding. The copy holds the weights' memory again
-    while the run lasts.
-    """
-
-    __slots__ = ("w", "b", "packed", "cast", "tiles")
-
-    def __init__(self, conv: Conv1D, dtype: torch.dtype, pack_fp16: bool, tile: bool = False,
-                 norm: tuple | None = None, gelu: bool = False):
-        self.packed = self.tiles = None
-        self.cast = False
-        if pack_fp16:
-            self.packed = _packed_fp16(conv)
-            self.w = self.b = None
-            return
-        self.b = conv.b.detach().to(dtype)
-        self.w = conv.w.detach()
-        # Off CPU a float32 copy of float16 weights would double their memory: cast per call instead.
-        self.cast = self.w.dtype != dtype
-        if tile and not self.cast:
-            self.tiles = cpu_kernels.TiledLinear(self.w, self.b, norm, gelu)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
-        if self.tiles is not None:
-            return self.tiles(x)
-        return torch.addmm(self.b, x, self.w.to(x.dtype) if self.cast else self.w)
-
-
-_PACKED: weakref.WeakKeyDictionary[Conv1D, tuple] = weakref.WeakKeyDictionary()
-
-
-def _packed_fp16(conv: Conv1D):
-    """fbgemm's float16 packing of ``conv`` (float16 stored weights round-trip exactly).
-
-    Packing a 161 M parameter prior takes seconds, so the packed copy (the memory of float16
-    weights) is kept while the module lives and redone only when its weight or bias changes.
-    """
-    w, b = conv.w, conv.b
-    key = (w.data_ptr(), w._version, w.dtype, b.data_ptr(), b._version)
-    cached = _PACKED.get(conv)
-    if cached is None or cached[0] != key:
-        wt = w.detach().t().to(torch.float32).contiguous()
-        cached = _PACKED[conv] = (key, torch.ops.quantized.linear_prepack_fp16(wt, b.detach().to(torch.float32)))
-    return cached[1]
-
-
 def _norm_args(ln: torch.nn.LayerNorm) -> tuple:
     return ln.weight.detach(), ln.bias.detach(), ln.eps
 
 
 class _Layer:
-    """Everything one ``ResAttnBlock`` needs for a step, as plain attributes."""
+    """Everything one ``ResAttnBlock`` needs for a step, as plain attributes; its products come from ``backend``
+    (None: ``addmm`` in ``dtype`` off the CPU or in half precision) for batches of ``batch`` rows."""
 
-    def __init__(self, block, cache: LayerCache, dtype: torch.dtype, pack_fp16: bool):
+    def __init__(self, block, cache: LayerCache, dtype: torch.dtype, backend: Backend | None, batch: int):
         attn = block.attn
         self.func = attn.attn_func
         self.layout = cache.layout
@@ -208,26 +150,27 @@ class _Layer:
         self.ln_1 = _norm_args(block.ln_1)
         self.act = None if block.mlp.act is quick_gelu else block.mlp.act
         self.res_scale = block.res_scale
-        convs = (attn.c_attn, attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-        cpu_float32 = attn.c_attn.w.device.type == "cpu" and dtype == torch.float32
-        tile = cpu_float32 and not pack_fp16
-        # The numba kernels attend (any weights), and with tiles also do the layer norms before
-        # c_attn and c_fc, the activation after c_fc and the residual adds.
-        kernels = cpu_float32 and cpu_kernels.available()
-        self.cpu_fused = tile and kernels and self.act is None and self.res_scale == 1.0 and all(
-            conv.w.dtype == torch.float32 for conv in convs)
-        norm_0, norm_1 = (self.ln_0, self.ln_1) if self.cpu_fused else (None, None)
-        self.c_attn = _Linear(attn.c_attn, dtype, pack_fp16, tile, norm_0)
-        self.c_proj = _Linear(attn.c_proj, dtype, pack_fp16, tile)
-        self.c_fc = _Linear(block.mlp.c_fc, dtype, pack_fp16, tile, norm_1, gelu=self.cpu_fused)
-        self.mlp_proj = _Linear(block.mlp.c_proj, dtype, pack_fp16, tile)
+        # A fusing backend takes the layer norms before c_attn and c_fc, quick_gelu after c_fc and the residuals.
+        self.fused = backend is not None and backend.fuses and self.act is None and self.res_scale == 1.0
+        norm_0, norm_1 = (self.ln_0, self.ln_1) if self.fused else (None, None)
+
+        def product(conv: Conv1D, norm: tuple | None = None, gelu: bool = False):
+            if backend is None:
+                return Addmm(conv.w, conv.b, dtype)
+            return backend.linear(conv.w, conv.b, batch, norm, gelu)
+
+        self.c_attn = product(attn.c_attn, norm_0)
+        self.c_proj = product(attn.c_proj)
+        self.c_fc = product(block.mlp.c_fc, norm_1, gelu=self.fused)
+        self.mlp_proj = product(block.mlp.c_proj)
         linears = (self.c_attn, self.c_proj, self.c_fc, self.mlp_proj)
-        # Plain (w, b) products in the compute dtype with the quick_gelu of the priors: the fused form applies.
-        self.fusable = self.act is None and all(lin.packed is None and not lin.cast for lin in linears)
+        # Plain (w, b) products in the compute dtype with the quick_gelu of the priors: the compiled form applies.
+        self.fusable = self.act is None and all(isinstance(lin, Addmm) and not lin.cast for lin in linears)
         self.n_state, self.n_head = attn.n_state, attn.n_head
         self.d_head = attn.n_state // attn.n_head
         self.scale = attn.score_scale
         self.key, self.value = cache.key, cache.value
+        kernels = backend is not None and backend.attends and cpu_kernels.available()
         self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
             if kernels else None
 
@@ -235,32 +178,65 @@ class _Layer:
 class StepPlan:
     """One-token steps through ``layers`` (the ``ResAttnBlock`` s of a Transformer) and their ``cache``,
     which holds at least one position (the first, with the encoder states, runs on the plain path).
-    ``dtype``: the compute dtype. ``fuse``: run
-    the layer arithmetic through ``torch.compile`` d functions (None: wherever that is possible,
-    CUDA with Triton, weights in the compute dtype; ``TORCH_COMPILE_DISABLE=1`` turns it off). The
-    fused kernels round intermediate sums once instead of after every op, so half-precision results
-    differ from the unfused ones by about that rounding."""
+    ``dtype``: the compute dtype. ``cpu_backend``: on CPU in float32, the name of the
+    ``cpu_backends.BACKENDS`` entry that does the products (None: the calibrated choice for this
+    machine, shape and batch; the chosen name is ``backend``). ``fuse``: run the layer arithmetic
+    through ``torch.compile`` d functions (None: wherever that is possible, CUDA with Triton, weights
+    in the compute dtype; ``TORCH_COMPILE_DISABLE=1`` turns it off). The fused kernels round
+    intermediate sums once instead of after every op, so half-precision results differ from the
+    unfused ones by about that rounding."""
 
-    def __init__(self, layers, cache: KVCache, dtype: torch.dtype, cpu_fp16_weights: bool = False,
+    def __init__(self, layers, cache: KVCache, dtype: torch.dtype, cpu_backend: str | None = None,
                  fuse: bool | None = None):
         self.dtype = dtype
         self.cache = cache
         device = cache.layers[0].key.device
         self.on_cpu = device.type == "cpu"
-        cpu_float32 = self.on_cpu and dtype == torch.float32
-        if cpu_fp16_weights and cpu_float32 and not fp16_gemm_available():
-            warnings.warn("cpu_fp16_weights needs PyTorch's FBGEMM (x86 builds); using the float32 weights",
-                          stacklevel=3)
-        self.layers = []
-        for block, layer_cache in zip(layers, cache.layers):
-            stored_fp16 = block.attn.c_attn.w.dtype == torch.float16
-            pack = cpu_float32 and (stored_fp16 or cpu_fp16_weights) and fp16_gemm_available()
-            self.layers.append(_Layer(block, layer_cache, dtype, pack))
+        self._shared: dict = {}
         self.fuse = _can_compile(device) if fuse is None else fuse and _can_compile(device)
         if self.fuse:  # resolved once: a step calls them for every layer
             self._fused_in, self._fused_out, self._fused_attention = (
                 _compiled(_attn_in_tensors), _compiled(_attn_out_tensors), _compiled(_attention))
-        self._shared: dict = {}
+        self._blocks = list(layers)
+        if self.on_cpu and dtype == torch.float32:
+            backend = cpu_backends.get_backend(cpu_backend) if cpu_backend is not None else self._calibrate()
+            self.backend = backend.name
+        else:
+            backend, self.backend = None, None
+        self.layers = self._build(backend)
+
+    def _build(self, backend: Backend | None) -> list[_Layer]:
+        return [_Layer(block, layer_cache, self.dtype, backend, self.cache.n_samples)
+                for block, layer_cache in zip(self._blocks, self.cache.layers)]
+
+    def shape(self) -> dict:
+        """What the step's speed depends on, for the calibration cache: products, layers, batch, dtypes."""
+        convs = [(b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj) for b in self._blocks]
+        products = sorted({tuple(conv.w.shape) for group in convs for conv in group})
+        return dict(layers=len(convs), products=products, context=self.cache.layers[0].key.shape[1],
+                    batch=self.cache.n_samples, weights=str(convs[0][0].w.dtype), dtype=str(self.dtype))
+
+    def _calibrate(self) -> Backend:
+        """The fastest exact backend for this step (see ``cpu_backends.choose``). A trial runs steps at the
+        cache's position without advancing it: the key and value rows they write are those the real step
+        at this position overwrites first."""
+        blocks = self._blocks
+        width = blocks[0].ln_0.weight.shape[0]
+        x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
+
+        def trial(backend: Backend) -> float:
+            self.layers = self._build(backend)
+            self._forward(x)  # warm-up
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                self._forward(x)
+                times.append(time.perf_counter() - t)
+            self.layers = []
+            return min(times)
+
+        name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, trial)
+        return cpu_backends.BACKENDS[name]
 
     # ------------------------------------------------------------------ shared layer arithmetic
     def _heads(self, t: torch.Tensor, L: _Layer) -> torch.Tensor:
@@ -285,9 +261,9 @@ class StepPlan:
     def _layer(self, L: _Layer, x: torch.Tensor, attend) -> torch.Tensor:
         """One ``ResAttnBlock`` on x ``(N, width)``; ``attend(L, proj)`` maps the attention
         projection ``c_attn`` of the normed input to the attention output before ``c_proj``."""
-        if L.cpu_fused:  # norms inside c_attn and c_fc, quick_gelu after c_fc, residuals: all in the kernels
-            h = L.c_proj.tiles(attend(L, L.c_attn(x)), residual=x)
-            return L.mlp_proj.tiles(L.c_fc(h), residual=h)
+        if L.fused:  # norms inside c_attn and c_fc, quick_gelu after c_fc, residuals: all in the products
+            h = L.c_proj(attend(L, L.c_attn(x)), residual=x)
+            return L.mlp_proj(L.c_fc(h), residual=h)
         if self.fuse and L.fusable:
             proj = self._fused_in(x, *L.ln_0, L.c_attn.w, L.c_attn.b)
             return self._fused_out(x, attend(L, proj), L.c_proj.w, L.c_proj.b, *L.ln_1, L.c_fc.w, L.c_fc.b,
@@ -303,14 +279,28 @@ class StepPlan:
     # ------------------------------------------------------------------ dynamic (Python int) step
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x ``(N, width)`` at the cache's position -> ``(N, width)``; advances the cache by one."""
+        x = self._forward(x)
+        self.cache.advance(1)
+        return x
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``step`` without advancing the cache."""
         self._t = self.cache.position
         self._shared.clear()
         if self.on_cpu:
             cpu_kernels.match_threads()
         for L in self.layers:
             x = self._layer(L, x, self._attend_dynamic)
-        self.cache.advance(1)
         return x
+
+    def output(self, w: torch.Tensor) -> Product | None:
+        """The product ``h (N, in) -> h @ w.T`` of an output weight ``w`` ``(out, in)`` through this plan's
+        backend, or None where the plain module should run (off the CPU, the plain backend, or a backend
+        not exact for these weights)."""
+        backend = cpu_backends.BACKENDS.get(self.backend)
+        if backend is None or backend.name == "plain" or not backend.exact(w.dtype):
+            return None
+        return backend.linear(w.t(), torch.zeros(w.shape[0]), self.cache.n_samples)
 
     def _dynamic_window(self, layout) -> tuple[int, int, int, int]:
         return layout.slot(self._t), *layout.window(self._t), layout.step

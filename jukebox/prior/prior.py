@@ -348,7 +348,9 @@ class SimplePrior(nn.Module):
     # ------------------------------------------------------------------------------------------ sample
     def sample(self, n_samples: int, z: torch.Tensor | None = None, z_conds: list[torch.Tensor] | None = None,
                y: torch.Tensor | None = None, fp16: bool = False, temp: float = 1.0, top_k: int = 0,
-               top_p: float = 0.0, chunk_size: int | None = None, sample_tokens: int | None = None) -> torch.Tensor:
+               top_p: float = 0.0, chunk_size: int | None = None, sample_tokens: int | None = None,
+               cpu_backend: str | None = None) -> torch.Tensor:
         """Sample codes ``(N, sample_tokens or n_ctx)`` of one window, continuing the prefix z ``(N, L)`` if given
         (see ``jukebox.inference.sampler.sample_codes``)."""
-        return sample_codes(self, n_samples, z, z_conds, y, fp16, temp, top_k, top_p, chunk_size, sample_tokens)
+        return sample_codes(self, n_samples, z, z_conds, y, fp16, temp, top_k, top_p, chunk_size, sample_tokens,
+                            cpu_backend)

@@ -1,0 +1,289 @@
+"""The ways a CPU sampling step can multiply its weights, and the choice among them per machine.
+
+A one-token step multiplies a few rows (``n_samples``) by every weight matrix once, so its floor is
+the time to read the weights, and which library gets closest to it depends on the CPU and the batch:
+a hand-written tile kernel on one machine, a BLAS with prepacked weights on another. Each
+``Backend`` here supplies the products of a ``StepPlan`` (``linear``), built once per sampling
+window from the layer's weights, so nothing is repacked per call:
+
+* ``plain``: ``torch.addmm`` on the weights as stored, with torch's attention (the reference);
+* ``numba``: ``cpu_kernels.TiledLinear`` column tiles, with the layer norm, activation and
+  residual add inside the kernel, and the numba cache attention;
+* ``mkl``: MKL's packed SGEMM for the batch (``torch.ops.mkl._mkl_linear``), the product Inductor
+  emits for float32 weights once it freezes them, without the compile;
+* ``onednn``: oneDNN's inner product on weights reordered once for the batch
+  (``torch.ops.mkldnn._linear_pointwise``);
+* ``fbgemm_fp16``: FBGEMM's float16-weight GEMM, reading half the bytes; exact for float16-stored
+  weights (``fp16_params`` checkpoints), a rounding of float32 ones (an opt-in only).
+
+All but ``plain`` use the numba cache attention where numba runs. Every exact backend gives the
+plain path's numbers to float32 rounding. ``choose`` times the exact, available ones on the plan
+being built and keeps the fastest; the result is cached in a JSON file per machine, model shape
+and batch (``calibration_path``), so the timing runs once per machine and model.
+
+An Inductor-compiled step (``torch.compile`` with ``freezing``) is not a backend: its float32
+products are the same packed MKL GEMM as ``mkl``'s, and compiling a whole step (weights frozen
+into the graph, the attention as an opaque op) takes far longer than a calibration, in every
+process and for every batch.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from jukebox.inference import cpu_kernels
+from jukebox.utils.atomic import atomic_write
+
+__all__ = ["BACKENDS", "Backend", "Addmm", "get_backend", "check_backend_name", "fp16_gemm_available", "cpu_info",
+           "calibration_path", "choose", "calibration"]
+
+log = logging.getLogger(__name__)
+
+Product = Callable[..., torch.Tensor]
+
+
+class Backend:
+    """How a CPU step multiplies: ``linear(w, b, batch)`` builds the product ``x (M, n_in) -> x @ w + b``
+    ``(M, n_out)`` of a weight ``(n_in, n_out)`` and bias ``(n_out,)`` for batches of ``batch`` rows.
+
+    ``fuses``: ``linear`` also takes ``norm = (weight, bias, eps)``, a layer norm of its input, and
+    ``gelu``, quick_gelu of its output, and the product takes ``residual`` ``(M, n_out)`` to add.
+    ``attends``: the numba cache attention runs the layers' attention where numba is available.
+    """
+
+    name = ""
+    fuses = False
+    attends = True
+
+    def missing(self) -> str | None:
+        """Why this backend can not run here, or None."""
+        return None
+
+    def exact(self, weights: torch.dtype) -> bool:
+        """Whether products of weights stored as ``weights`` equal ``addmm``'s to float32 rounding."""
+        return True
+
+    def linear(self, w: torch.Tensor, b: torch.Tensor, batch: int, norm: tuple | None = None,
+               gelu: bool = False) -> Product:
+        raise NotImplementedError
+
+
+class Addmm:
+    """``addmm`` in the compute dtype; weights stored in another dtype are cast per call (a float32
+    copy of float16 weights would double their memory)."""
+
+    __slots__ = ("w", "b", "cast")
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype):
+        self.w, self.b = w.detach(), b.detach().to(dtype)
+        self.cast = self.w.dtype != dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b, x, self.w.to(x.dtype) if self.cast else self.w)
+
+
+class Plain(Backend):
+    name = "plain"
+    attends = False
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        return Addmm(w, b, torch.float32)
+
+
+class Numba(Backend):
+    name = "numba"
+    fuses = True
+
+    def missing(self):
+        return None if cpu_kernels.available() else "numba has no parallel threading layer here (or is missing)"
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        return cpu_kernels.TiledLinear(w.float(), b, norm, gelu)
+
+
+class Mkl(Backend):
+    name = "mkl"
+
+    def missing(self):
+        if not (torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")):
+            return "this PyTorch build has no MKL packed GEMM"
+        return None
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        wt = w.detach().float().t()  # (n_out, n_in), the layout MKL packs
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(wt.contiguous(), batch)
+        b = b.detach().float()
+        return lambda x: torch.ops.mkl._mkl_linear(x, packed, wt, b, batch)
+
+
+class OneDnn(Backend):
+    name = "onednn"
+
+    def missing(self):
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            return "this PyTorch build has no oneDNN linear"
+        return None
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().float().t().contiguous(), batch)
+        b = b.detach().float()
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+
+
+def fp16_gemm_available() -> bool:
+    """Whether this PyTorch build has FBGEMM's float16-weight GEMM (x86 CPU builds)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized,
+                                                                                "linear_dynamic_fp16")
+
+
+_PACKED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+class _PackedFp16:
+    """FBGEMM's float16 packing of a weight ``(n_in, n_out)`` and bias; float16 weights round-trip exactly."""
+
+    __slots__ = ("packed", "source", "__weakref__")
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor):
+        self.source = w  # held, so that no other weight takes its address while the packing is shared
+        wt = w.detach().t().to(torch.float32).contiguous()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(wt, b.detach().to(torch.float32))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+
+
+class Fbgemm16(Backend):
+    name = "fbgemm_fp16"
+
+    def missing(self):
+        return None if fp16_gemm_available() else "this PyTorch build has no FBGEMM (x86 builds have it)"
+
+    def exact(self, weights):
+        return weights == torch.float16
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        # Packing a 161 M parameter prior takes seconds: windows of one run (and calibration) share it while
+        # a plan holds it and the weight is unchanged.
+        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape), b.data_ptr(), b._version)
+        product = _PACKED.get(key)
+        if product is None:
+            product = _PACKED[key] = _PackedFp16(w, b)
+        return product
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (Plain(), Numba(), Mkl(), OneDnn(), Fbgemm16())}
+
+
+def check_backend_name(name: str | None) -> None:
+    """Refuse an unknown backend name (None, the calibrated choice, is fine)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown --cpu_backend={name!r}; choose one of {', '.join(BACKENDS)} (or leave it out to "
+                         "calibrate)")
+
+
+def get_backend(name: str) -> Backend:
+    """The backend ``name``, which must run here."""
+    check_backend_name(name)
+    backend = BACKENDS[name]
+    reason = backend.missing()
+    if reason is not None:
+        raise ValueError(f"--cpu_backend={name} can not run here: {reason}; choose another of {', '.join(BACKENDS)}")
+    return backend
+
+
+# ---------------------------------------------------------------------- calibration
+@functools.cache
+def _cpu_flags() -> tuple[str, frozenset]:
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_info() -> dict:
+    """The CPU model, its vector ISA (``AVX2``, ``AVX-512``, ``AVX-512 + AMX``), torch's kernel level
+    and the threads torch uses."""
+    model, flags = _cpu_flags()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+    if "amx_tile" in flags:
+        isa += " + AMX"
+    return dict(model=model, isa=isa, torch_isa=torch.backends.cpu.get_cpu_capability(),
+                threads=torch.get_num_threads())
+
+
+def calibration_path() -> Path:
+    """The calibration cache: ``$JUKEBOX_CPU_CALIBRATION``, else ``cpu_backends.json`` in the cache directory."""
+    from jukebox.utils.remote import cache_dir
+
+    return Path(os.environ.get("JUKEBOX_CPU_CALIBRATION") or cache_dir() / "cpu_backends.json")
+
+
+def _key(shape: dict) -> str:
+    machine = dict(cpu_info(), torch=torch.__version__, numba=cpu_kernels.backend())
+    return json.dumps(dict(machine=machine, **shape), sort_keys=True)
+
+
+def _read(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float], path: Path | None = None) -> str:
+    """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, batch, dtypes)
+    with weights stored as ``weights``: the cached choice for this machine and shape, else each
+    available exact backend's ``trial(backend)`` (seconds per step; it may raise, and the backend is
+    then skipped), fastest first, written to the cache. Falls back to ``plain``."""
+    path = calibration_path() if path is None else path
+    key = _key(shape)
+    cached = _read(path).get(key)
+    if cached is not None and cached.get("backend") in BACKENDS:
+        return cached["backend"]
+    times = {}
+    for backend in BACKENDS.values():
+        reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights")
+        if reason is not None:
+            log.debug("cpu backend %s skipped: %s", backend.name, reason)
+            continue
+        try:
+            times[backend.name] = trial(backend)
+        except Exception as error:  # noqa: BLE001 (a backend that fails to build or run here is skipped)
+            log.debug("cpu backend %s failed: %s", backend.name, error)
+    best = min(times, key=times.get) if times else "plain"
+    entries = _read(path)
+    entries[key] = dict(backend=best, step_ms={name: round(t * 1e3, 3) for name, t in times.items()},
+                        measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+    except OSError as error:  # a read-only cache directory: calibrate again next time
+        log.debug("calibration cache %s not written: %s", path, error)
+    return best
+
+
+def calibration(shape: dict, path: Path | None = None) -> dict | None:
+    """The cached calibration of ``shape`` on this machine: ``{backend, step_ms, measured}``, or None."""
+    return _read(calibration_path() if path is None else path).get(_key(shape))

@@ -1,0 +1,142 @@
+"""The choice of CPU step backend (jukebox/inference/cpu_backends.py): forcing one, calibration and its cache,
+and backends that can not run. Every backend's numbers against the plain path, for every attention pattern,
+are in test_fast_paths.py. No test here measures time."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import randomize_weights
+from jukebox import bench, sample
+from jukebox.inference import cpu_backends
+from jukebox.inference.sampler import TokenSampler
+from jukebox.inference.session import SamplingOptions
+from jukebox.inference.step_plan import StepPlan
+from jukebox.prior.autoregressive import ConditionalAutoregressive2D
+from jukebox.transformer.transformer import Transformer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+W, N_CTX, N = 32, 48, 2
+RUNNABLE = [name for name, b in cpu_backends.BACKENDS.items() if b.missing() is None]
+EXACT = [name for name in RUNNABLE if cpu_backends.BACKENDS[name].exact(torch.float32)]
+
+
+@pytest.fixture
+def calibration_file(tmp_path, monkeypatch):
+    path = tmp_path / "cache" / "cpu_backends.json"
+    monkeypatch.setenv("JUKEBOX_CPU_CALIBRATION", str(path))
+    return path
+
+
+def _plan(cpu_backend: str | None = None, n: int = N) -> StepPlan:
+    t = Transformer(W, N_CTX, 2, 3, mask=True, attn_order=2, blocks=6)
+    randomize_weights(t, seed=1)
+    t.eval()
+    cache = t.new_cache(n)
+    with torch.no_grad():
+        t(torch.randn(n, 1, W), cache=cache)
+        return StepPlan(list(t._attn_mods), cache, torch.float32, cpu_backend)
+
+
+def test_calibration_picks_an_exact_backend_writes_and_reuses_its_cache(calibration_file):
+    plan = _plan()
+    assert plan.backend in EXACT
+    entries = json.loads(calibration_file.read_text())
+    (key, entry), = entries.items()
+    assert entry["backend"] == plan.backend and sorted(entry["step_ms"]) == sorted(EXACT)
+    assert json.loads(key)["batch"] == N and json.loads(key)["machine"]["threads"] == torch.get_num_threads()
+    assert cpu_backends.calibration(plan.shape()) == entry
+    # The cached choice is used as it is, without timing again.
+    entry["backend"] = other = next(name for name in EXACT if name != plan.backend)
+    calibration_file.write_text(json.dumps(entries))
+    assert _plan().backend == other
+    # Another batch is another shape: calibrated and added beside it.
+    _plan(n=1)
+    assert len(json.loads(calibration_file.read_text())) == 2
+
+
+def test_failing_and_unavailable_backends_are_passed_by(calibration_file, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot pack here")
+
+    monkeypatch.setattr(cpu_backends.Mkl, "linear", broken)
+    monkeypatch.setattr(cpu_backends.OneDnn, "missing", lambda self: "no oneDNN in this build")
+    plan = _plan()
+    (entry,) = json.loads(calibration_file.read_text()).values()
+    assert plan.backend == entry["backend"] and plan.backend not in ("mkl", "onednn")
+    assert sorted(entry["step_ms"]) == sorted(set(EXACT) - {"mkl", "onednn"})
+    with pytest.raises(ValueError, match="--cpu_backend=onednn can not run here: no oneDNN in this build"):
+        _plan("onednn")
+    # With every other backend failing or missing, the plain one remains.
+    monkeypatch.setattr(cpu_backends.Numba, "missing", lambda self: "no numba")
+    calibration_file.unlink()
+    assert _plan().backend == "plain"
+    assert list(json.loads(calibration_file.read_text()).values())[0]["step_ms"].keys() == {"plain"}
+
+
+def test_unwritable_calibration_cache_still_chooses(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("JUKEBOX_CPU_CALIBRATION", str(blocker / "cpu_backends.json"))  # under a file
+    assert _plan().backend in EXACT
+
+
+def _prior() -> ConditionalAutoregressive2D:
+    m = ConditionalAutoregressive2D((N_CTX,), bins=40, width=W, depth=3, heads=2, attn_order=2, blocks=6,
+                                    x_cond=True)
+    randomize_weights(m, seed=2)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_forcing_a_backend_through_the_sampler(name, calibration_file):
+    """A forced backend runs every step (and the output layer, where it is exact) without calibrating; exact ones
+    give the plain path's logits."""
+    m = _prior()
+    g = torch.Generator().manual_seed(3)
+    x, x_cond = torch.randint(40, (N, N_CTX), generator=g), torch.randn(N, N_CTX, W, generator=g)
+    sampler = TokenSampler(m, cpu_backend=name)
+    with torch.no_grad():
+        got = sampler.cached_logits(x, x_cond, n_prime=5, chunk_size=2)
+        plain = TokenSampler(m, plain_step=True).cached_logits(x, x_cond, n_prime=5, chunk_size=2)
+    assert sampler.plan.backend == name and not calibration_file.exists()
+    torch.testing.assert_close(got, plain, atol=1e-5 if name in EXACT else 1e-2, rtol=0)
+
+
+def test_calibration_does_not_change_the_samples(calibration_file):
+    m = _prior()
+    x_cond = torch.randn(N, N_CTX, W, generator=torch.Generator().manual_seed(4))
+    tokens = []
+    for options in (dict(), dict(), dict(plain_step=True)):  # calibrating, from the cache, the plain path
+        torch.manual_seed(0)
+        tokens.append(TokenSampler(m, **options).sample(N, x_cond, sample_tokens=30))
+    assert calibration_file.exists()
+    assert torch.equal(tokens[0], tokens[2]) and torch.equal(tokens[1], tokens[2])
+
+
+def test_unknown_backend_is_refused_naming_the_valid_ones(tmp_path, monkeypatch):
+    names = r"numba, mkl, onednn, fbgemm_fp16 \(or leave it out"
+    with pytest.raises(ValueError, match=rf"unknown --cpu_backend='gpu'; choose one of plain, {names}"):
+        TokenSampler(_prior(), cpu_backend="gpu")
+    with pytest.raises(ValueError, match="unknown --cpu_backend='fast'"):
+        SamplingOptions(model="m", n_samples=1, sample_length=8, sr=8, hop_fraction=[1.0], metas=[{}],
+                        sampling_kwargs=[{}], cpu_backend="fast")
+    options = SamplingOptions(model="m", n_samples=1, sample_length=8, sr=8, hop_fraction=[1.0], metas=[{}],
+                              sampling_kwargs=[dict(temp=0.9)], cpu_backend="plain")
+    assert options.prior_kwargs() == [dict(temp=0.9, cpu_backend="plain")]
+    assert "cpu_backend" not in options.sampling_kwargs[0]  # what data.pth.tar records
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="unknown --cpu_backend='MKL'"):
+        sample.main(["--model=5b", "--name=x", "--cpu_backend=MKL"])
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="unknown --cpu_backend='avx'"):
+        bench.main(["--cpu_backend=avx"])
+
+
+def test_cpu_info_names_the_machine():
+    info = cpu_backends.cpu_info()
+    assert info["model"] and info["threads"] == torch.get_num_threads()
+    assert info["isa"].split(" + ")[0] in ("AVX2", "AVX-512", "other")
