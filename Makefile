@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check jukebox tests scripts
+	$(VENV)/bin/ruff check jukebox tests scripts benchmarks
 
 # A few seconds of music from the bundled demo model (jukebox/models/demo), all three levels, on CPU.
 SAMPLE_DIR ?= samples/demo
