@@ -32,6 +32,7 @@ weights are used as stored.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -199,6 +200,9 @@ class StepPlan:
                 _compiled(_attn_in_tensors), _compiled(_attn_out_tensors), _compiled(_attention))
         self._blocks = list(layers)
         if self.on_cpu and dtype == torch.float32:
+            # A finished window's plan can sit in a reference cycle with its sampler; its packed weights (the size
+            # of the model) would then wait for Python's next full collection, which tensors never trigger.
+            gc.collect()
             backend = cpu_backends.get_backend(cpu_backend) if cpu_backend is not None else self._calibrate()
             self.backend = backend.name
         else:
