@@ -332,7 +332,7 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     still match the plain path (torch's attention, another backend's products)."""
     from jukebox.inference import cpu_kernels
 
-    def no_numba(cache):
+    def no_numba():
         raise ImportError("No module named 'numba'")
 
     monkeypatch.setattr(cpu_kernels, "_build_kernels", no_numba)
