@@ -11,7 +11,6 @@ caches hold.
 """
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,31 +19,23 @@ from jukebox.data.artist_genre_processor import HUB_TABLES, fetch_released_table
 from jukebox.hparams import setup_hparams
 from jukebox.make_models import model_sets, resolve_model
 from jukebox.utils.cli import fire_command
+from jukebox.utils.dist_utils import print_once
 from jukebox.utils.hub import hub_cache_dir, hub_file_metadata, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_legacy_torch_file
-from jukebox.utils.remote import DownloadError, cache_dir
+from jukebox.utils.remote import DownloadError, cache_dir, sha256_of
 from jukebox.utils.sources import HUB_REPOS, Origin, check_source, hub_repo_of, locate_weights
 from jukebox.utils.transformers_format import transformers_prefix
 
 __all__ = ["run", "main"]
 
-_CHUNK = 1 << 24
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB"):
         n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 def _check_hub_file(repo_uri: str, name: str, path: Path) -> str:
@@ -59,7 +50,7 @@ def _check_hub_file(repo_uri: str, name: str, path: Path) -> str:
                                                   "and run this again")
     if sha256 is None:
         return "ok (size)"
-    if _sha256(path) != sha256:
+    if sha256_of(path) != sha256:
         raise DownloadError(f"{repo_uri}/{name}", f"{path} does not have the sha256 the hub announces ({sha256}): "
                                                   "delete it and run this again")
     return "ok (size, sha256)"
@@ -94,12 +85,12 @@ def _fetch_part(label: str, ref: str, prefix: str, origin: Origin, checked: dict
             if path not in checked:
                 checked[path] = _check_hub_file(located.where, name, path) if is_hub_uri(located.where) \
                     else "local folder"
-            print(f"{label:14s} {path}  {_size(path.stat().st_size)}  {checked[path]}")
+            print_once(f"{label:14s} {path}  {_size(path.stat().st_size)}  {checked[path]}")
         return
     path = Path(located)
     if path not in checked:
         checked[path] = _check_torch_file(path)
-    print(f"{label:14s} {path}  {_size(path.stat().st_size)}  {checked[path]}")
+    print_once(f"{label:14s} {path}  {_size(path.stat().st_size)}  {checked[path]}")
 
 
 def _fetch_tables(versions: set[bool], ref: str, origin: Origin) -> None:
@@ -108,13 +99,13 @@ def _fetch_tables(versions: set[bool], ref: str, origin: Origin) -> None:
         folder = hub_tables_dir(hub)
         for name in HUB_TABLES.values():
             path = folder / name
-            print(f"{'labels':14s} {path}  {_size(path.stat().st_size)}  {_check_hub_file(hub, name, path)}")
+            print_once(f"{'labels':14s} {path}  {_size(path.stat().st_size)}  {_check_hub_file(hub, name, path)}")
         return
     for v3 in sorted(versions):
         folder = fetch_released_tables(v3)
         for kind in ("artist", "genre"):
             path = table_path(folder, v3, kind)
-            print(f"{'labels':14s} {path}  {_size(path.stat().st_size)}  ok")
+            print_once(f"{'labels':14s} {path}  {_size(path.stat().st_size)}  ok")
 
 
 def fetch_model(model: str, source: str | None = None) -> None:
@@ -129,7 +120,7 @@ def fetch_model(model: str, source: str | None = None) -> None:
             versions.add(v3)
     if versions and (not ref or is_hub_uri(ref)):
         _fetch_tables(versions, ref, origin)
-    print(f"{model}: everything is here")
+    print_once(f"{model}: everything is here")
 
 
 def list_cached() -> None:
@@ -138,25 +129,25 @@ def list_cached() -> None:
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".part"))) \
         if root.is_dir() else []
     partial = sorted(root.rglob("*.part")) if root.is_dir() else []
-    print(f"{root}: {len(files)} files, {_size(sum(p.stat().st_size for p in files))}")
+    print_once(f"{root}: {len(files)} files, {_size(sum(p.stat().st_size for p in files))}")
     for path in files:
-        print(f"  {path.relative_to(root)}  {_size(path.stat().st_size)}")
+        print_once(f"  {path.relative_to(root)}  {_size(path.stat().st_size)}")
     for path in partial:
-        print(f"  {path.relative_to(root)}  {_size(path.stat().st_size)} (partial: resumed by the next download)")
+        print_once(f"  {path.relative_to(root)}  {_size(path.stat().st_size)} (partial: resumed by the next download)")
     cache = hub_cache_dir()
     if not cache.is_dir():
-        print(f"{cache}: empty")
+        print_once(f"{cache}: empty")
         return
     from huggingface_hub import scan_cache_dir
 
     wanted = set(HUB_REPOS.values())
     repos = [r for r in scan_cache_dir(cache).repos if r.repo_id in wanted]
-    print(f"{cache}: {len(repos)} of the released models' repositories")
+    print_once(f"{cache}: {len(repos)} of the released models' repositories")
     for repo in sorted(repos, key=lambda r: r.repo_id):
-        print(f"  {repo.repo_id}  {_size(repo.size_on_disk)}")
+        print_once(f"  {repo.repo_id}  {_size(repo.size_on_disk)}")
         for revision in repo.revisions:
             for f in sorted(revision.files, key=lambda f: f.file_name):
-                print(f"    {f.file_name}  {_size(f.size_on_disk)}  (revision {revision.commit_hash[:8]})")
+                print_once(f"    {f.file_name}  {_size(f.size_on_disk)}  (revision {revision.commit_hash[:8]})")
 
 
 def run(model: str = "", source: str | None = None, list: bool = False) -> None:  # noqa: A002 - the --list flag

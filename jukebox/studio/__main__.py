@@ -7,6 +7,7 @@ import secrets
 import torch
 
 from jukebox.utils.cli import fire_command
+from jukebox.utils.dist_utils import print_once
 
 __all__ = ["serve"]
 
@@ -35,8 +36,8 @@ def serve(model: str = "demo", projects: str = "studio", port: int = 8000, host:
                      max_upload_mb=max_upload_mb)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    print(f"Jukebox Studio ({model} on {device}, projects in {app.state.studio.store.root})\n"
-          f"Open http://{shown}:{port}/?token={token}", flush=True)
+    print_once(f"Jukebox Studio ({model} on {device}, projects in {app.state.studio.store.root})\n"
+               f"Open http://{shown}:{port}/?token={token}")
     uvicorn.run(app, host=host, port=int(port), log_level="warning")
 
 

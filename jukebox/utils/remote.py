@@ -180,7 +180,7 @@ def download(url: str, dest_path: str | os.PathLike, expected_size: int | None =
         part.unlink()
         raise DownloadError(url, f"size mismatch: got {size} bytes, expected {expected_size}")
     if sha256 is not None:
-        digest = _sha256_of(part)
+        digest = sha256_of(part)
         if digest != sha256.lower():
             part.unlink()
             raise DownloadError(url, f"checksum mismatch: sha256 is {digest}, expected {sha256.lower()}")
@@ -188,7 +188,8 @@ def download(url: str, dest_path: str | os.PathLike, expected_size: int | None =
     return dest
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex sha256 of the file at ``path``, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
