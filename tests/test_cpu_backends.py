@@ -118,7 +118,7 @@ def test_calibration_does_not_change_the_samples(calibration_file):
 
 
 def test_unknown_backend_is_refused_naming_the_valid_ones(tmp_path, monkeypatch):
-    names = r"numba, mkl, onednn, fbgemm_fp16 \(or leave it out"
+    names = r"numba, numba_blocks, mkl, onednn, onednn_bf16, fbgemm_fp16 \(or leave it out"
     with pytest.raises(ValueError, match=rf"unknown --cpu_backend='gpu'; choose one of plain, {names}"):
         TokenSampler(_prior(), cpu_backend="gpu")
     with pytest.raises(ValueError, match="unknown --cpu_backend='fast'"):

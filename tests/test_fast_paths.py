@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_weights
-from jukebox.inference import cpu_backends
+from jukebox.inference import cpu_backends, cpu_kernels
 from jukebox.inference.sampler import TokenSampler
 from jukebox.inference.step_plan import StepPlan
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
@@ -103,6 +103,30 @@ def test_fast_step_matches_plain_path_and_full_forward(name, static, backend):
     torch.testing.assert_close(plain, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(primed, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(ORDERS))
+def test_chunk_plan_primes_like_the_full_forward(name, backend):
+    """Priming on CPU: after one plain position, chunks of several positions (crossing block boundaries, the
+    last one shorter) through a StepPlan built with chunk_rows, with the numba attention kernel taking the
+    positions in order, give the full forward's outputs and leave a cache that steps go on from."""
+    _needs_numba()
+    order, depth = ORDERS[name]
+    model = _transformer(order, depth)
+    x, enc = _inputs(3)
+    with torch.no_grad():
+        full = model(x, enc)
+        cache = model.new_cache(N)
+        outs = [model(x[:, :1], enc, cache=cache)]
+        plan = StepPlan(list(model._attn_mods), cache, torch.float32, backend, chunk_rows=N * 13)
+        t = 1
+        for size in (13, 7, 13, 13, 5):
+            outs.append(plan.chunk(x[:, t:t + size].reshape(N * size, W), size).view(N, size, W))
+            t += size
+        assert cache.position == t == 52
+        step = StepPlan(list(model._attn_mods), cache, torch.float32, backend)
+        outs += [step.step(x[:, u]).unsqueeze(1) for u in range(t, N_CTX)]
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
 
 
 def test_fast_steps_and_plain_chunks_share_the_cache():
@@ -213,13 +237,19 @@ def test_seeded_sampling_is_the_same_on_both_paths():
 
 
 def test_fp16_weights_are_exact_and_the_opt_in_rounds(any_backend):
-    """Float16-stored weights (fp16_params) step through every backend on the same values as the plain path;
-    forcing fbgemm_fp16 on float32 weights rounds them to float16 in the one-token steps only."""
+    """Float16-stored weights (fp16_params) step through every exact backend on the same values as the plain
+    path; forcing fbgemm_fp16 on float32 weights rounds them to float16 in the one-token steps only, and
+    onednn_bf16 (where the CPU has bfloat16) computes within bfloat16 rounding of them."""
     x, enc = _inputs(2)
     half = convert_conv_weights_to_fp16(_transformer(6, 4))
     with torch.no_grad():
         ref = _stepped(half, x, enc, n_prime=1, fast=False)
         got = _stepped(half, x, enc, n_prime=1, fast=True, cpu_backend=any_backend)
+    if any_backend == "onednn_bf16":  # an opt-in that computes in bfloat16
+        assert not cpu_backends.BACKENDS[any_backend].exact(torch.float16)
+        torch.testing.assert_close(got, ref, atol=5e-2, rtol=0)
+        assert (got - ref).abs().max() > 1e-4
+        return
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert cpu_backends.BACKENDS[any_backend].exact(torch.float16)
     if any_backend != "fbgemm_fp16":
@@ -254,8 +284,9 @@ def test_bench_helpers_count_weights_and_steps():
     for graph in (False, True):
         timer, total = _timed(m, torch.device("cpu"), lambda sampler: sampler.primed_sample(
             1, prefix, *conds, chunk_size=4, sample_tokens=20), cuda_graph=graph)
-        # Priming chunks call the transformer; the steps after them call no module (step plan or static step).
-        assert [n for _, n in timer.calls] == [4, 4, 1]
+        # The first priming chunk calls the transformer; with numba's kernels the later chunks run a chunk plan
+        # (without them, the transformer); the steps call no module (step plan or static step).
+        assert [n for _, n in timer.calls] == ([4] if cpu_kernels.available() else [4, 4, 1])
         assert len(timer.draws) == 11 and len(timer.step_times()) == 9
         assert timer.calls[0][0] <= timer.primed <= timer.draws[0] and 0 <= timer.prime_time() <= total
         # attn_order 6 over 4 layers: block, column, previous block, lyrics; keys + values of n_state W // 4 floats.
@@ -293,36 +324,41 @@ def test_written_out_attention_matches_sdpa(heads, with_idx):
 
 
 def _needs_numba():
-    from jukebox.inference import cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip("numba has no OpenMP/TBB threading layer here")
 
 
+@pytest.mark.parametrize("weights", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kind", ["TiledLinear", "BlockedLinear"])
 @pytest.mark.parametrize("n_out", [96, 64, 7])
 @pytest.mark.parametrize("rows", [1, 3, 9])
-def test_tiled_products_equal_addmm(n_out, rows):
-    """Float32 CPU steps multiply weights as zero-padded column tiles (cpu_kernels.TiledLinear):
-    addmm's numbers to float32 rounding for any batch and width, with the layer norm before and
-    quick_gelu and the residual after the product when asked."""
-    from jukebox.inference.cpu_kernels import TILE, TiledLinear
+def test_kernel_products_equal_addmm(n_out, rows, kind, weights):
+    """Float32 CPU steps multiply through the numba kernels (cpu_kernels.TiledLinear's zero-padded column tiles,
+    BlockedLinear's four-by-four blocks): addmm's numbers to float32 rounding for any batch and width, float16
+    weights read at two bytes and widened exactly, with the layer norm before and quick_gelu and the residual
+    after the product when asked."""
     from jukebox.transformer.ops import Conv1D
 
     _needs_numba()
+    linear = getattr(cpu_kernels, kind)
     conv = Conv1D(24, n_out)
     randomize_weights(conv, seed=n_out)
     conv.b.data.normal_()
+    w = conv.w.detach().to(weights)
     g = torch.Generator().manual_seed(rows)
     x, residual = torch.randn(rows, 24, generator=g) * 3 + 1, torch.randn(rows, n_out, generator=g)
     norm = (torch.randn(24, generator=g), torch.randn(24, generator=g), 1e-5)
-    plain = TiledLinear(conv.w, conv.b)
-    assert plain.tiles.shape == (-(-n_out // TILE), 24, TILE)
-    torch.testing.assert_close(plain(x), torch.addmm(conv.b, x, conv.w), atol=1e-5, rtol=1e-5)
-    normed = TiledLinear(conv.w, conv.b, norm)(x, residual=residual)
-    expected = residual + torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), conv.w)
-    torch.testing.assert_close(normed, expected, atol=1e-5, rtol=1e-5)
-    activated = TiledLinear(conv.w, conv.b, norm, gelu=True)(x)
-    y = torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), conv.w)
+    plain = linear(w, conv.b)
+    assert plain.weight.dtype == weights  # float16 stays at two bytes
+    if kind == "TiledLinear":
+        assert plain.tiles.shape == (-(-n_out // cpu_kernels.TILE), 24, cpu_kernels.TILE)
+    wf = w.float()
+    torch.testing.assert_close(plain(x), torch.addmm(conv.b, x, wf), atol=1e-5, rtol=1e-5)
+    normed = linear(w, conv.b, norm)(x, residual=residual)
+    y = torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), wf)
+    torch.testing.assert_close(normed, residual + y, atol=1e-5, rtol=1e-5)
+    activated = linear(w, conv.b, norm, gelu=True)(x)
     torch.testing.assert_close(activated, y * torch.sigmoid(1.702 * y), atol=1e-5, rtol=1e-5)
 
 
@@ -330,7 +366,6 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     """Without numba (or a parallel threading layer for it) the kernels report unavailable with a
     warning that says so; calibration passes the numba backend by, forcing it is refused, and steps
     still match the plain path (torch's attention, another backend's products)."""
-    from jukebox.inference import cpu_kernels
 
     def no_numba():
         raise ImportError("No module named 'numba'")
@@ -357,27 +392,30 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
 
 @pytest.mark.parametrize("heads,step", [(1, 1), (2, 3), (4, 1)])
 def test_kernel_attention_writes_cache_and_matches_sdpa(heads, step):
-    """The CPU one-query attention kernel stores the new key and value at its slot, then equals
-    scaled_dot_product_attention over the cache rows start:stop:step (strided for column attention)."""
-    from jukebox.inference import cpu_kernels
+    """The CPU attention kernel takes new positions in order: each stores its key and value at its slot, then
+    equals scaled_dot_product_attention over the cache rows start:stop:step (strided for column attention),
+    so a later position sees what an earlier one wrote."""
 
     _needs_numba()
     g = torch.Generator().manual_seed(heads)
     n, keys, state, scale = 3, 24, 16, 0.3
-    proj = torch.randn(n, 3 * state, generator=g)
+    proj = torch.randn(n, 2, 3 * state, generator=g)
     key, value = torch.randn(n, keys, state, generator=g), torch.randn(n, keys, state, generator=g)
-    slot, start, stop = 19, 1, 20
+    positions = ((19, 1, 20), (20, 1, 21))  # (slot, start, stop): the second sees the first's row
     ref_key, ref_value = key.clone(), value.clone()
-    ref_key[:, slot], ref_value[:, slot] = proj[:, state:2 * state], proj[:, 2 * state:]
-    got = cpu_kernels.attention(proj, key, value, heads, scale, slot, start, stop, step)
+    for p, (slot, _, _) in enumerate(positions):
+        ref_key[:, slot], ref_value[:, slot] = proj[:, p, state:2 * state], proj[:, p, 2 * state:]
+    windows = cpu_kernels.windows(*((slot, start, stop, step) for slot, start, stop in positions))
+    got = cpu_kernels.attention(proj, key, value, heads, scale, windows)
     assert torch.equal(key, ref_key) and torch.equal(value, ref_value)
     split = lambda t: t.reshape(n, -1, heads, state // heads).transpose(1, 2)  # noqa: E731
-    rows = slice(start, stop, step)
-    ref = F.scaled_dot_product_attention(split(proj[:, None, :state]), split(key[:, rows]), split(value[:, rows]),
-                                         scale=scale)
-    torch.testing.assert_close(got, ref.transpose(1, 2).reshape(n, state), atol=1e-6, rtol=1e-5)
-    # Encoder-decoder attention: the query alone, nothing written.
-    query_only = cpu_kernels.attention(proj[:, :state], key, value, heads, scale, -1, start, stop, step)
+    for p, (_, start, stop) in enumerate(positions):
+        rows = slice(start, stop, step)
+        ref = F.scaled_dot_product_attention(split(proj[:, p:p + 1, :state]), split(key[:, rows]),
+                                             split(value[:, rows]), scale=scale)
+        torch.testing.assert_close(got[:, p], ref.transpose(1, 2).reshape(n, state), atol=1e-6, rtol=1e-5)
+    # Encoder-decoder attention: the queries alone, nothing written.
+    query_only = cpu_kernels.attention(proj[:, :, :state], key, value, heads, scale, windows)
     torch.testing.assert_close(query_only, got, atol=1e-6, rtol=1e-5)
     assert torch.equal(key, ref_key)
 

@@ -9,10 +9,15 @@ window from the layer's weights, so nothing is repacked per call:
 * ``plain``: ``torch.addmm`` on the weights as stored, with torch's attention (the reference);
 * ``numba``: ``cpu_kernels.TiledLinear`` column tiles, with the layer norm, activation and
   residual add inside the kernel, and the numba cache attention;
+* ``numba_blocks``: the same with ``cpu_kernels.BlockedLinear``, four outputs by four rows at a time
+  in registers (the numba kernels keep float16-stored weights at two bytes and widen them exactly);
 * ``mkl``: MKL's packed SGEMM for the batch (``torch.ops.mkl._mkl_linear``), the product Inductor
   emits for float32 weights once it freezes them, without the compile;
 * ``onednn``: oneDNN's inner product on weights reordered once for the batch
   (``torch.ops.mkldnn._linear_pointwise``);
+* ``onednn_bf16``: oneDNN's inner product in bfloat16 (AMX or AVX-512 BF16 where the CPU has them),
+  weights rounded to bfloat16 once and inputs at every call, sums in float32: not exact, an opt-in
+  only (mainly for priming, where a chunk's products are compute-bound);
 * ``fbgemm_fp16``: FBGEMM's float16-weight GEMM, reading half the bytes; exact for float16-stored
   weights (``fp16_params`` checkpoints), a rounding of float32 ones (an opt-in only).
 
@@ -107,7 +112,14 @@ class Numba(Backend):
         return None if cpu_kernels.available() else "numba has no parallel threading layer here (or is missing)"
 
     def linear(self, w, b, batch, norm=None, gelu=False):
-        return cpu_kernels.TiledLinear(w.float(), b, norm, gelu)
+        return cpu_kernels.TiledLinear(w, b, norm, gelu)
+
+
+class NumbaBlocks(Numba):
+    name = "numba_blocks"
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        return cpu_kernels.BlockedLinear(w, b, norm, gelu)
 
 
 class Mkl(Backend):
@@ -137,6 +149,25 @@ class OneDnn(Backend):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().float().t().contiguous(), batch)
         b = b.detach().float()
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+
+
+class OneDnnBf16(Backend):
+    name = "onednn_bf16"
+
+    def missing(self):
+        if OneDnn().missing() is not None:
+            return OneDnn().missing()
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return "this CPU has no bfloat16 support in oneDNN (it needs AVX-512 BF16 or AMX)"
+        return None
+
+    def exact(self, weights):
+        return False
+
+    def linear(self, w, b, batch, norm=None, gelu=False):
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().t().contiguous().bfloat16(), batch)
+        b = b.detach().float()
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x.bfloat16(), packed, None, "none", [], "").float() + b
 
 
 def fp16_gemm_available() -> bool:
@@ -181,7 +212,8 @@ class Fbgemm16(Backend):
         return product
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (Plain(), Numba(), Mkl(), OneDnn(), Fbgemm16())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (Plain(), Numba(), NumbaBlocks(), Mkl(), OneDnn(), OneDnnBf16(),
+                                                    Fbgemm16())}
 
 
 def check_backend_name(name: str | None) -> None:

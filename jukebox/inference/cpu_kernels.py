@@ -1,19 +1,21 @@
-"""Numba kernels for float32 sampling steps on CPU: products of a few rows with a large weight
-at memory bandwidth, and one-query attention over the key/value cache.
+"""Numba kernels for float32 sampling on CPU (weights stored as float32 or float16): products of a few
+rows with a large weight at memory bandwidth, and the attention of new positions over the key/value cache.
 
 A sampling step multiplies ``n_samples`` rows (one to a few) by every weight matrix once, so its
 floor is the time to read the weights. The CPU BLAS does not get there for so few rows: it
 repacks the weight on every call and reads it at half the bandwidth or less (about 6 GB/s for 4
 rows on the 2-core development machine, against 25 GB/s for a plain copy).
 
-Here the weight is stored for the run as contiguous column tiles ``(n_out / T, n_in, T)`` and a
-small numba kernel streams each tile once, keeping the ``M x T`` partial sums of its tile in
-cache. Every output is the float32 dot product over ``n_in`` accumulated in order (fused
-multiply-adds allowed), so it differs from ``addmm`` by float32 rounding only.
+Here the weight is stored for the run as its transpose ``(n_out, n_in)``, float16 weights still at two
+bytes, and a small numba kernel computes four outputs for four rows at a time: sixteen sums held in
+registers while it streams four weight rows once. Every output is a float32 dot product over ``n_in``
+(partial sums added at the end; float16 weights widened exactly), so it differs from ``addmm`` of the
+float32 weight by float32 rounding only.
 
 A step's other work is a few hundred tiny tensor operations, each costing more in dispatch than in
 arithmetic; the kernels also take the layer norm before a product, the activation and residual
-add after it, and the cache write with the whole attention of one new position (``CacheAttention``).
+add after it, and the cache writes with the whole attention of new positions: a step's one, or a
+priming chunk's (``CacheAttention``).
 
 The kernels need numba (installed with librosa) with a parallel threading layer (OpenMP or TBB);
 numba's fallback ``workqueue`` layer is slower than the BLAS, so then ``available()`` is False
@@ -27,9 +29,11 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "CacheAttention", "attention"]
+__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "windows",
+           "CacheAttention", "attention"]
 
 TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any batch of samples
+
 _NONE_1D, _NONE_2D = np.empty(0, np.float32), np.empty((0, 0), np.float32)  # "no norm", "no residual"
 
 
@@ -38,28 +42,31 @@ def _build_kernels():
 
     from jukebox.inference import numba_kernels  # compiles on first call, or loads the cached compilation
 
-    return numba, numba_kernels.tiled_linear, numba_kernels.cached_attention
+    return numba, numba_kernels.tiled_linear, numba_kernels.blocked_linear, numba_kernels.cached_attention
 
 
 @functools.cache
 def _kernels():
-    """``(numba, tiled_linear, cached_attention)`` compiled and checked on tiny inputs, or None (with a
-    warning) when numba is missing, can not compile here or has no parallel threading layer."""
+    """``(numba, tiled_linear, blocked_linear, cached_attention)`` compiled and checked on tiny inputs, or None
+    (with a warning) when numba is missing, can not compile here or has no parallel threading layer."""
     try:
-        numba, kernel, attention_kernel = _build_kernels()
-        out = np.empty((1, 2), dtype=np.float32)
-        kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, np.ones((1, 2, 2), np.float32),
-               np.zeros(2, np.float32), False, _NONE_2D, out)  # compiles, starts the threads
+        numba, tiled, blocked, attention_kernel = _build_kernels()
+        products = []  # compiles them (or loads them), starts the threads
+        for kernel, weight in ((tiled, np.ones((1, 2, 2), np.float32)), (blocked, np.ones((2, 2), np.float32))):
+            products.append(np.empty((1, 2), dtype=np.float32))
+            kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, weight, np.zeros(2, np.float32), False,
+                   _NONE_2D, products[-1])
         cache = np.ones((1, 2, 2), np.float32)
-        attended = np.empty((1, 2), np.float32)
-        attention_kernel(np.ones((1, 6), np.float32), cache, cache.copy(), 1, 0, 2, 1, 1, 1.0, attended)
+        attended = np.empty((1, 1, 2), np.float32)
+        attention_kernel(np.ones((1, 1, 6), np.float32), cache, cache.copy(), windows((1, 0, 2, 1)), 1, 1.0, attended)
     except Exception as error:  # noqa: BLE001 (no numba, or it can not compile or run here: fall back)
         _note(f"numba kernels unavailable ({error}); CPU steps use the other backends")
         return None
-    if numba.threading_layer() == "workqueue" or not (out == 2.0).all() or not (attended == 1.0).all():
+    if numba.threading_layer() == "workqueue" or not all((out == 2.0).all() for out in products) \
+            or not (attended == 1.0).all():
         _note("numba has no OpenMP or TBB threading layer; CPU steps use the other backends")
         return None
-    return numba, kernel, attention_kernel
+    return numba, tiled, blocked, attention_kernel
 
 
 def _note(message: str) -> None:
@@ -87,32 +94,27 @@ def match_threads() -> None:
             numba.set_num_threads(threads)
 
 
-class TiledLinear:
-    """``x -> act(norm(x) @ w + b)``: a float32 CPU weight ``(n_in, n_out)`` and bias ``(n_out,)``,
-    copied into contiguous column tiles ``(ceil(n_out / TILE), n_in, TILE)`` (the last one
-    zero-padded), with an optional layer norm ``norm = (weight, bias, eps)`` of the input and, with
-    ``gelu``, quick_gelu ``y sigmoid(1.702 y)`` of the output.
+class _FusedLinear:
+    """``x -> act(norm(x) @ w + b)`` through a numba product kernel over ``weight``, the layout of a CPU weight
+    ``(n_in, n_out)`` that the kernel streams (float32, or float16 kept at two bytes and widened exactly in
+    the kernel), with bias ``(n_out,)``, an optional layer norm ``norm = (weight, bias, eps)`` of the
+    input and, with ``gelu``, quick_gelu ``y sigmoid(1.702 y)`` of the output.
 
-    Calling it maps x ``(M, n_in)`` to ``(M, n_out)``, plus ``residual`` ``(M, n_out)`` if given; the
-    kernel does the norm, product, bias, activation and residual in one pass. Needs ``available()``.
+    Calling it maps x ``(M, n_in)`` (float32) to ``(M, n_out)``, plus ``residual`` ``(M, n_out)`` if
+    given; the kernel does the norm, product, bias, activation and residual in one pass. Needs ``available()``.
     """
 
-    __slots__ = ("tiles", "bias", "norm", "gelu", "n_out", "_kernel", "_args")
+    __slots__ = ("weight", "bias", "norm", "gelu", "n_out", "_kernel", "_args")
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
-        n_in, self.n_out = w.shape
-        n_tiles = -(-self.n_out // TILE)
-        padded = torch.zeros(n_in, n_tiles * TILE)
-        padded[:, :self.n_out] = w.detach()
-        self.tiles = padded.view(n_in, n_tiles, TILE).permute(1, 0, 2).contiguous()
+    def __init__(self, weight: torch.Tensor, n_out: int, kernel, b: torch.Tensor, norm: tuple | None, gelu: bool):
+        self.weight, self.n_out, self._kernel, self.gelu = weight, n_out, kernel, gelu
         self.bias = b.detach().float().contiguous()
         self.norm = None if norm is None else (norm[0].detach().float().contiguous(),
                                                norm[1].detach().float().contiguous(), float(norm[2]))
-        self._kernel = _kernels()[1]
         norm_args = (_NONE_1D, _NONE_1D, 0.0) if norm is None else \
             (self.norm[0].numpy(), self.norm[1].numpy(), self.norm[2])
-        self.gelu = gelu
-        self._args = (*norm_args, self.tiles.numpy(), self.bias.numpy(), gelu)
+        weights = weight.view(torch.int16).numpy().view(np.uint16) if weight.dtype == torch.float16 else weight.numpy()
+        self._args = (*norm_args, weights, self.bias.numpy(), gelu)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         out = np.empty((x.shape[0], self.n_out), dtype=np.float32)
@@ -121,31 +123,71 @@ class TiledLinear:
         return torch.from_numpy(out)
 
 
+def _kept_dtype(w: torch.Tensor) -> torch.Tensor:
+    """A weight as the kernels read it: float16 as it is, anything else as float32."""
+    w = w.detach()
+    return w if w.dtype == torch.float16 else w.float()
+
+
+class TiledLinear(_FusedLinear):
+    """A ``_FusedLinear`` over contiguous column tiles ``(ceil(n_out / TILE), n_in, TILE)`` of the weight (the
+    last one zero-padded): each tile is streamed once while the ``M x TILE`` sums of its columns stay in
+    the L1 cache; every output is accumulated over ``n_in`` in order (fused multiply-adds allowed)."""
+
+    __slots__ = ("tiles",)
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
+        n_in, n_out = w.shape
+        n_tiles = -(-n_out // TILE)
+        w = _kept_dtype(w)
+        padded = w.new_zeros(n_in, n_tiles * TILE)
+        padded[:, :n_out] = w
+        self.tiles = padded.view(n_in, n_tiles, TILE).permute(1, 0, 2).contiguous()
+        super().__init__(self.tiles, n_out, _kernels()[1], b, norm, gelu)
+
+
+class BlockedLinear(_FusedLinear):
+    """A ``_FusedLinear`` over the weight's transpose ``(n_out, n_in)``: four outputs for four rows at a time,
+    sixteen sums held in registers while four weight rows stream once; every output is a float32 dot
+    product over ``n_in`` in partial sums added at the end."""
+
+    __slots__ = ()
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
+        super().__init__(_kept_dtype(w).t().contiguous(), w.shape[1], _kernels()[2], b, norm, gelu)
+
+
+def windows(*positions: tuple[int, int, int, int]) -> np.ndarray:
+    """The ``(slot, start, stop, step)`` of each new position, as ``CacheAttention`` takes them: ``(Q, 4)`` int64."""
+    return np.array(positions, dtype=np.int64).reshape(-1, 4)
+
+
 class CacheAttention:
-    """One-query attention over a layer's float32 key/value caches ``(N, K, n_state)`` with
+    """Attention of new positions over a layer's float32 key/value caches ``(N, K, n_state)`` with
     ``n_head`` heads and score scale ``scale``; needs ``available()``. The caches' numpy views are
     made once here, not at every step.
 
-    Calling it with proj ``(N, 3 n_state)``, the new position's query, key and value (or
-    ``(N, n_state)``, the query alone, for encoder-decoder attention), first writes the key and
-    value to cache row ``slot`` (if ``slot >= 0``), in place, then attends over the rows
-    ``start:stop:step``. Returns ``(N, n_state)``: softmax of the scaled scores of each head, in float32.
+    Calling it with proj ``(N, Q, 3 n_state)``, the query, key and value of Q consecutive new positions
+    (or ``(N, Q, n_state)``, queries alone, for encoder-decoder attention), and their ``windows`` ``(Q, 4)``
+    (see ``windows``), takes the positions in order: each first writes its key and value to cache row
+    ``slot`` (if ``slot >= 0``), in place, then attends over the rows ``start:stop:step``. Returns
+    ``(N, Q, n_state)``: softmax of the scaled scores of each head, in float32.
     """
 
     __slots__ = ("n_state", "_kernel", "_key", "_value", "_head")
 
     def __init__(self, key: torch.Tensor, value: torch.Tensor, n_head: int, scale: float):
         self.n_state = key.shape[2]
-        self._kernel = _kernels()[2]
+        self._kernel = _kernels()[3]
         self._key, self._value, self._head = key.numpy(), value.numpy(), (n_head, scale)
 
-    def __call__(self, proj: torch.Tensor, slot: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
-        out = np.empty((proj.shape[0], self.n_state), dtype=np.float32)
-        self._kernel(proj.contiguous().numpy(), self._key, self._value, slot, start, stop, step, *self._head, out)
+    def __call__(self, proj: torch.Tensor, windows: np.ndarray) -> torch.Tensor:
+        out = np.empty((proj.shape[0], proj.shape[1], self.n_state), dtype=np.float32)
+        self._kernel(proj.contiguous().numpy(), self._key, self._value, windows, *self._head, out)
         return torch.from_numpy(out)
 
 
 def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head: int, scale: float,
-              slot: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
-    """``CacheAttention(key, value, n_head, scale)(proj, slot, start, stop, step)``, for one call."""
-    return CacheAttention(key, value, n_head, scale)(proj, slot, start, stop, step)
+              windows: np.ndarray) -> torch.Tensor:
+    """``CacheAttention(key, value, n_head, scale)(proj, windows)``, for one call."""
+    return CacheAttention(key, value, n_head, scale)(proj, windows)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
-__all__ = ["tiled_linear", "cached_attention"]
+__all__ = ["tiled_linear", "blocked_linear", "cached_attention"]
 
-# Reassociation lets LLVM vectorise sums over a row; the tiled products keep their order.
+# Reassociation lets LLVM vectorise sums over a row (several partial sums, added at the end).
 REASSOC = {"reassoc", "contract"}
 
 
 @numba.njit(fastmath=REASSOC, nogil=True, boundscheck=False, cache=True)
-def layer_norm(x, weight, bias, eps):  # pragma: no cover (compiled; tested through TiledLinear)
+def layer_norm(x, weight, bias, eps):  # pragma: no cover (compiled; tested through BlockedLinear)
     rows, width = x.shape
     y = np.empty_like(x)
     inv_width, eps = np.float32(1.0 / width), np.float32(eps)
@@ -35,6 +38,31 @@ def layer_norm(x, weight, bias, eps):  # pragma: no cover (compiled; tested thro
     return y
 
 
+@intrinsic
+def as_float32(typingctx, value):
+    """A weight element as float32: float32 as it is; uint16 read as the bits of a float16 (an exact widening,
+    one vector instruction where the CPU has F16C). numba has no float16 type on the CPU, so the
+    conversion is written in LLVM IR."""
+    if value == types.float32:
+        return types.float32(value), lambda context, builder, sig, args: args[0]
+    if value == types.uint16:
+        def widen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return types.float32(value), widen
+    return None
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+def finish(acc, m, o, bias, gelu, residual, out):  # pragma: no cover
+    if o < out.shape[1]:
+        y = acc + bias[o]
+        if gelu:  # quick_gelu: y sigmoid(1.702 y)
+            y = y / (np.float32(1.0) + np.exp(np.float32(-1.702) * y))
+        if residual.shape[0]:
+            y += residual[m, o]
+        out[m, o] = y
+
+
 @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, out):  # pragma: no cover
     rows, n_in = x.shape
@@ -47,7 +75,7 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
             for m in range(rows):
                 xv = x[m, k]
                 for j in range(width):
-                    acc[m, j] += xv * tiles[tile, k, j]
+                    acc[m, j] += xv * as_float32(tiles[tile, k, j])
         col = tile * width
         for m in range(rows):
             for j in range(min(width, out.shape[1] - col)):  # the last tile may be zero-padded
@@ -57,6 +85,62 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
                 if residual.shape[0]:
                     acc[m, j] += residual[m, col + j]
                 out[m, col + j] = acc[m, j]
+
+
+# Four outputs at a time, for four rows (sixteen sums) or one: the sums are named locals, so LLVM keeps them
+# in vector registers across the loop over n_in (an accumulator array would round-trip through memory every
+# iteration), and each weight element loaded serves every row of the group. Outputs past the end repeat the
+# last one and are not written.
+@numba.njit(parallel=True, fastmath=REASSOC, nogil=True, boundscheck=False, cache=True)
+def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out):  # pragma: no cover
+    rows, n_in = x.shape
+    n_out = wt.shape[0]
+    if norm_weight.shape[0]:
+        x = layer_norm(x, norm_weight, norm_bias, eps)
+    for block in numba.prange((n_out + 3) // 4):
+        o0 = 4 * block
+        o1, o2, o3 = min(o0 + 1, n_out - 1), min(o0 + 2, n_out - 1), min(o0 + 3, n_out - 1)
+        for m0 in range(0, rows - 3, 4):
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = np.float32(0.0)
+            for k in range(n_in):
+                wa, wb = as_float32(wt[o0, k]), as_float32(wt[o1, k])
+                wc, wd = as_float32(wt[o2, k]), as_float32(wt[o3, k])
+                x0, x1, x2, x3 = x[m0, k], x[m0 + 1, k], x[m0 + 2, k], x[m0 + 3, k]
+                a0 += x0 * wa
+                a1 += x1 * wa
+                a2 += x2 * wa
+                a3 += x3 * wa
+                b0 += x0 * wb
+                b1 += x1 * wb
+                b2 += x2 * wb
+                b3 += x3 * wb
+                c0 += x0 * wc
+                c1 += x1 * wc
+                c2 += x2 * wc
+                c3 += x3 * wc
+                d0 += x0 * wd
+                d1 += x1 * wd
+                d2 += x2 * wd
+                d3 += x3 * wd
+            for m, sa, sb, sc, sd in ((m0, a0, b0, c0, d0), (m0 + 1, a1, b1, c1, d1), (m0 + 2, a2, b2, c2, d2),
+                                      (m0 + 3, a3, b3, c3, d3)):
+                finish(sa, m, o0, bias, gelu, residual, out)
+                finish(sb, m, o0 + 1, bias, gelu, residual, out)
+                finish(sc, m, o0 + 2, bias, gelu, residual, out)
+                finish(sd, m, o0 + 3, bias, gelu, residual, out)
+        for m in range(rows - rows % 4, rows):
+            sa = sb = sc = sd = np.float32(0.0)
+            for k in range(n_in):
+                xv = x[m, k]
+                sa += xv * as_float32(wt[o0, k])
+                sb += xv * as_float32(wt[o1, k])
+                sc += xv * as_float32(wt[o2, k])
+                sd += xv * as_float32(wt[o3, k])
+            finish(sa, m, o0, bias, gelu, residual, out)
+            finish(sb, m, o0 + 1, bias, gelu, residual, out)
+            finish(sc, m, o0 + 2, bias, gelu, residual, out)
+            finish(sd, m, o0 + 3, bias, gelu, residual, out)
 
 
 @numba.njit(fastmath=REASSOC, nogil=True, boundscheck=False, cache=True, inline="always")
@@ -73,28 +157,32 @@ def add_scaled(y, p, x):  # pragma: no cover (y += p x)
         y[c] += p * x[c]
 
 
+# The positions of a sample run in order: each writes its key and value before it attends, so a later one
+# sees the earlier ones, and a ring layout's overwrite of an old row happens when the step path's would.
 @numba.njit(parallel=True, fastmath=REASSOC, nogil=True, boundscheck=False, cache=True)
-def cached_attention(proj, key, value, slot, start, stop, step, n_head, scale, out):  # pragma: no cover
-    n, width = out.shape
+def cached_attention(proj, key, value, windows, n_head, scale, out):  # pragma: no cover
+    n, positions, width = out.shape
     d_head = width // n_head
-    count = (stop - start + step - 1) // step
     scale = np.float32(scale)
     for i in numba.prange(n):
-        if proj.shape[1] > width and slot >= 0:  # q, k, v: store this position's key and value
-            key[i, slot] = proj[i, width:2 * width]
-            value[i, slot] = proj[i, 2 * width:]
-        probs = np.empty(count, dtype=np.float32)
-        for h in range(n_head):
-            lo, hi = h * d_head, (h + 1) * d_head
-            top = np.float32(-np.inf)
-            for j in range(count):
-                probs[j] = dot(proj[i, lo:hi], key[i, start + j * step, lo:hi]) * scale
-                top = max(top, probs[j])
-            total = np.float32(0.0)
-            for j in range(count):
-                probs[j] = np.exp(probs[j] - top)
-                total += probs[j]
-            acc = np.zeros(d_head, dtype=np.float32)
-            for j in range(count):
-                add_scaled(acc, probs[j] / total, value[i, start + j * step, lo:hi])
-            out[i, lo:hi] = acc
+        for p in range(positions):
+            slot, start, stop, step = windows[p, 0], windows[p, 1], windows[p, 2], windows[p, 3]
+            if proj.shape[2] > width and slot >= 0:  # q, k, v: store this position's key and value
+                key[i, slot] = proj[i, p, width:2 * width]
+                value[i, slot] = proj[i, p, 2 * width:]
+            count = (stop - start + step - 1) // step
+            probs = np.empty(count, dtype=np.float32)
+            for h in range(n_head):
+                lo, hi = h * d_head, (h + 1) * d_head
+                top = np.float32(-np.inf)
+                for j in range(count):
+                    probs[j] = dot(proj[i, p, lo:hi], key[i, start + j * step, lo:hi]) * scale
+                    top = max(top, probs[j])
+                total = np.float32(0.0)
+                for j in range(count):
+                    probs[j] = np.exp(probs[j] - top)
+                    total += probs[j]
+                acc = np.zeros(d_head, dtype=np.float32)
+                for j in range(count):
+                    add_scaled(acc, probs[j] / total, value[i, start + j * step, lo:hi])
+                out[i, p, lo:hi] = acc

@@ -6,6 +6,8 @@ fresh cache in chunks, then every step feeds one position and draws its token fr
 
 * the first position (and every step with ``plain_step``, or while attention is recorded) runs the
   model's plain cached forward;
+* on CPU, priming chunks after the first run a ``StepPlan`` of chunks (the numba attention kernel, the
+  products of the ``cpu_backend`` named or the plain ones) where numba's kernels run;
 * on CPU, and on CUDA with ``cuda_graph=False``, the next ones run a ``StepPlan`` (on CPU through the
   ``cpu_backend`` named, or the one calibrated for this machine: see ``cpu_backends``);
 * with ``cuda_graph`` (default: on CUDA), a ``StaticStep`` replays the whole step as a CUDA graph.
@@ -17,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from jukebox.inference import cpu_kernels
 from jukebox.inference.cpu_backends import check_backend_name
 from jukebox.inference.static_step import StaticStep
 from jukebox.inference.step_plan import StepPlan
@@ -78,9 +81,10 @@ class TokenSampler:
 
     ``plain_step``: every step through the model's modules (for comparison). ``cuda_graph``: fixed-shape
     steps, replayed as CUDA graphs on CUDA (None: on CUDA only; True also runs them eagerly elsewhere).
-    ``cpu_backend``: the ``cpu_backends.BACKENDS`` name that runs float32 CPU steps (None: the fastest
-    exact one, calibrated per machine; ``"fbgemm_fp16"`` on float32 weights reads them as float16: faster,
-    not exact).
+    ``cpu_backend``: the ``cpu_backends.BACKENDS`` name that runs float32 CPU steps and the products of
+    priming (None: for steps the fastest exact one, calibrated per machine, for priming ``plain``'s;
+    ``"fbgemm_fp16"`` on float32 weights reads them as float16 and ``"onednn_bf16"`` computes in bfloat16:
+    faster, not exact).
     ``on_primed`` and ``on_draw`` are called after the prefix is cached and before every draw.
     ``cache`` is the key/value cache of the latest run, ``plan`` its ``StepPlan`` (None on the plain path).
     """
@@ -167,12 +171,22 @@ class TokenSampler:
         dtype = m.transformer.compute_dtype(fp16, x.device)
         cache = self.cache = m.transformer.new_cache(N, dtype, x.device)
         self.plan = None
-        t = 0
-        for size in get_split_chunks(n_prime, chunk_size):
-            h = m.cached_forward(*m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond), encoder_kv, fp16, cache)
+        t, chunk_plan = 0, None
+        chunks = get_split_chunks(n_prime, chunk_size)
+        for size in chunks:
+            if t > 0 and chunk_plan is None:
+                chunk_plan = self._chunk_plan(cache, N * chunks[0]) or False
+            if chunk_plan:
+                h, cond = m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond)
+                h = chunk_plan.chunk(h.to(chunk_plan.dtype).reshape(N * size, -1), size).view(h.shape)
+                h = m.add_output_cond(h.float(), cond)
+            else:
+                h = m.cached_forward(*m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond), encoder_kv, fp16,
+                                     cache)
             if get_preds:
                 preds[:, t:t + size] = m.x_out(h)
             t += size
+        del chunk_plan
         if self.on_primed is not None:
             self.on_primed()
         # Chosen once, after the first position (which fills the encoder states) is cached.
@@ -192,6 +206,17 @@ class TokenSampler:
                     self.on_draw()
                 x[:, t:t + 1] = draw(logits)
         return x, preds
+
+    def _chunk_plan(self, cache: KVCache, rows: int) -> StepPlan | None:
+        """The plan that primes the chunks after the first (which fills the encoder states) on CPU in float32: its
+        products through the ``cpu_backend`` named (else ``plain``), built for ``rows`` rows, and the numba
+        attention kernel; or None where priming stays on the module path (off the CPU, ``plain_step``,
+        recorded attention, no numba kernels here)."""
+        blocks = list(self.model.transformer._attn_mods)
+        if self.plain_step or cache.dtype != torch.float32 or cache.layers[0].key.device.type != "cpu" \
+                or any(block.attn.record_attn for block in blocks) or not cpu_kernels.available():
+            return None
+        return StepPlan(blocks, cache, cache.dtype, self.cpu_backend or "plain", chunk_rows=rows)
 
     def _fast_step(self, cache: KVCache, start: torch.Tensor, pos_emb: torch.Tensor, x_cond: torch.Tensor | None
                    ) -> Callable[[torch.Tensor, int], torch.Tensor] | None:

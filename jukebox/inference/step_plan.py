@@ -13,6 +13,8 @@ Two step kinds share the layer arithmetic:
 
 * ``step(x)``: the position is the cache's, a Python int; keys are sliced to what the pattern sees
   (CPU default).
+* ``chunk(x, length)``: several consecutive positions at once (priming on CPU): the products take all
+  their rows in one call and the numba attention kernel takes the positions in order, as steps would.
 * ``static_step(x, pos)``: the position is a 0-d int64 tensor and every shape is fixed: cache
   writes are ``index_copy_`` at computed slots and each pattern sees a fixed window with a mask.
   Nothing in it depends on Python values of the position, so it can be captured once as a CUDA
@@ -21,7 +23,7 @@ Two step kinds share the layer arithmetic:
 
 Both take slots and windows from the layers' ``CacheLayout`` s, as the plain path does.
 
-On CPU in float32 the products come from a ``cpu_backends.Backend`` (numba tiles, MKL or oneDNN
+On CPU in float32 the products come from a ``cpu_backends.Backend`` (numba blocks, MKL or oneDNN
 with weights packed once for the run, FBGEMM's float16 GEMM, or plain ``addmm``): the one named,
 or the fastest exact one for this machine, model shape and batch, found by timing a few steps the
 first time (``cpu_backends.choose``) and cached. The numba backend also runs the layer norms,
@@ -37,6 +39,7 @@ import math
 import time
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -143,7 +146,8 @@ class _Layer:
     """Everything one ``ResAttnBlock`` needs for a step, as plain attributes; its products come from ``backend``
     (None: ``addmm`` in ``dtype`` off the CPU or in half precision) for batches of ``batch`` rows."""
 
-    def __init__(self, block, cache: LayerCache, dtype: torch.dtype, backend: Backend | None, batch: int):
+    def __init__(self, block, cache: LayerCache, dtype: torch.dtype, backend: Backend | None, batch: int,
+                 kernel_attention: bool):
         attn = block.attn
         self.func = attn.attn_func
         self.layout = cache.layout
@@ -171,9 +175,8 @@ class _Layer:
         self.d_head = attn.n_state // attn.n_head
         self.scale = attn.score_scale
         self.key, self.value = cache.key, cache.value
-        kernels = backend is not None and backend.attends and cpu_kernels.available()
         self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
-            if kernels else None
+            if kernel_attention else None
 
 
 class StepPlan:
@@ -185,12 +188,15 @@ class StepPlan:
     through ``torch.compile`` d functions (None: wherever that is possible, CUDA with Triton, weights
     in the compute dtype; ``TORCH_COMPILE_DISABLE=1`` turns it off). The fused kernels round
     intermediate sums once instead of after every op, so half-precision results differ from the
-    unfused ones by about that rounding."""
+    unfused ones by about that rounding. ``chunk_rows``: a plan for ``chunk`` s (priming on CPU), its
+    products built for calls of that many rows and its attention through the numba kernel whatever
+    the backend (which must then be named)."""
 
     def __init__(self, layers, cache: KVCache, dtype: torch.dtype, cpu_backend: str | None = None,
-                 fuse: bool | None = None):
+                 fuse: bool | None = None, chunk_rows: int | None = None):
         self.dtype = dtype
         self.cache = cache
+        self.chunk_rows = chunk_rows
         device = cache.layers[0].key.device
         self.on_cpu = device.type == "cpu"
         self._shared: dict = {}
@@ -210,7 +216,11 @@ class StepPlan:
         self.layers = self._build(backend)
 
     def _build(self, backend: Backend | None) -> list[_Layer]:
-        return [_Layer(block, layer_cache, self.dtype, backend, self.cache.n_samples)
+        kernels = backend is not None and (backend.attends or self.chunk_rows is not None) and cpu_kernels.available()
+        if self.chunk_rows is not None and not kernels:
+            raise ValueError("a chunk plan needs the numba attention kernels, which do not run here")
+        rows = self.chunk_rows or self.cache.n_samples
+        return [_Layer(block, layer_cache, self.dtype, backend, rows, kernels)
                 for block, layer_cache in zip(self._blocks, self.cache.layers)]
 
     def shape(self) -> dict:
@@ -287,9 +297,17 @@ class StepPlan:
         self.cache.advance(1)
         return x
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``step`` without advancing the cache."""
-        self._t = self.cache.position
+    def chunk(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """x ``(N * length, width)`` (sample-major) at the cache's next ``length`` positions -> ``(N * length,
+        width)``; advances the cache by ``length``. The positions attend in order through the numba kernel,
+        as ``length`` steps would (a plan built with ``chunk_rows``, priming on CPU)."""
+        x = self._forward(x, length)
+        self.cache.advance(length)
+        return x
+
+    def _forward(self, x: torch.Tensor, length: int = 1) -> torch.Tensor:
+        """``step`` (``chunk`` of ``length``) without advancing the cache."""
+        self._t, self._length = self.cache.position, length
         self._shared.clear()
         if self.on_cpu:
             cpu_kernels.match_threads()
@@ -306,13 +324,19 @@ class StepPlan:
             return None
         return backend.linear(w.t(), torch.zeros(w.shape[0]), self.cache.n_samples)
 
-    def _dynamic_window(self, layout) -> tuple[int, int, int, int]:
-        return layout.slot(self._t), *layout.window(self._t), layout.step
+    @staticmethod
+    def _dynamic_window(layout, t: int) -> tuple[int, int, int, int]:
+        return layout.slot(t), *layout.window(t), layout.step
+
+    def _kernel_windows(self, layout) -> np.ndarray:
+        return cpu_kernels.windows(*(self._dynamic_window(layout, t) for t in range(self._t, self._t + self._length)))
 
     def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
-        slot, start, stop, step = self._once(L.layout.key, lambda: self._dynamic_window(L.layout))
         if L.cpu_attention is not None:
-            return L.cpu_attention(proj, slot, start, stop, step)
+            windows = self._once(("kernel", L.layout.key), lambda: self._kernel_windows(L.layout))
+            n = self.cache.n_samples
+            return L.cpu_attention(proj.view(n, self._length, -1), windows).view(n * self._length, -1)
+        slot, start, stop, step = self._once(L.layout.key, lambda: self._dynamic_window(L.layout, self._t))
         if L.func == AttentionPattern.ENCODER_DECODER:
             return self._attend(L, proj, L.key, L.value)
         q, k, v = self._qkv(L, proj)
