@@ -4,7 +4,8 @@ Builds a prior with random weights from registry sets, then measures, after a wa
 medians over repeats:
 
 * ancestral sampling: seconds per token step and tokens/s for each ``--n_samples``;
-* priming ``--prime_tokens`` known tokens in chunks of ``--chunk_size``, then ``--new_tokens`` new ones;
+* priming ``--prime_tokens`` known tokens in chunks of ``--chunk_size``, then ``--new_tokens`` new ones (on a
+  CPU with bfloat16, also through the ``onednn_bf16`` opt-in);
 * the step time deep in the context (after priming ``--deep`` tokens) against near the start;
 * the key/value cache per sample;
 * on CPU, every backend of ``jukebox.inference.cpu_backends`` that runs here, forced in turn
@@ -36,34 +37,15 @@ from jukebox.inference.schedule import plan_level
 from jukebox.make_models import make_prior, make_vqvae
 from jukebox.utils.cli import ArgumentParser, run_cli
 from jukebox.utils.dist_utils import print_once
+from jukebox.utils.torch_utils import measure_bandwidth, synchronize
 from jukebox.vqvae.vqvae import calculate_hop_lengths
 
-__all__ = ["measure_bandwidth", "weight_bytes_per_step", "build_prior", "StepTimer", "run", "project_song"]
+__all__ = ["weight_bytes_per_step", "build_prior", "StepTimer", "run", "project_song"]
 
 CPU_DEFAULT = "small_vqvae,small_prior"
 # The original's CUDA settings (sample.py default_sampling_kwargs): samples per pass, priming chunk.
 TOP_1B, UPSAMPLER = "vqvae,prior_1b_lyrics,all_fp16", "vqvae,upsampler_level_0,all_fp16"
 CUDA_DEFAULTS = {TOP_1B: (16, 32), UPSAMPLER: (16, 32)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_bandwidth(device: torch.device, mib: int = 512, repeats: int = 7) -> float:
-    """Memory bandwidth in bytes/s of copying a ``mib`` MiB float32 tensor (bytes read + written), median."""
-    src = torch.ones(mib * 2 ** 18, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * src.numel() * src.element_size() / statistics.median(times)
 
 
 def weight_bytes_per_step(model: torch.nn.Module, fp16_linear_weights: bool = False) -> int:
@@ -109,15 +91,15 @@ class StepTimer:
     sampler: TokenSampler | None = None
 
     def __call__(self, module, args, kwargs):
-        _sync(self.device)
+        synchronize(self.device)
         self.calls.append((time.perf_counter(), args[0].shape[1]))
 
     def on_primed(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self.primed = time.perf_counter()
 
     def on_draw(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self.draws.append(time.perf_counter())
         if not self.cache_bytes:
             self.cache_bytes = self.sampler.cache.nbytes
@@ -150,10 +132,10 @@ def _timed(model, device, fn, **options) -> tuple[StepTimer, float]:
     timer.sampler = TokenSampler(model, on_primed=timer.on_primed, on_draw=timer.on_draw, **options)
     handle = model.transformer.register_forward_pre_hook(timer, with_kwargs=True)
     try:
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         fn(timer.sampler)
-        _sync(device)
+        synchronize(device)
         return timer, time.perf_counter() - t
     finally:
         handle.remove()
@@ -239,7 +221,10 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
 
     # Priming, then new tokens.
     if prime_tokens:
-        _time_priming(out, sample, model, dev, g, prime_samples, prime_tokens, chunk_size, new_tokens, repeats, log)
+        bf16 = cpu_backends.BACKENDS["onednn_bf16"]
+        opt_in = bf16.name if dev.type == "cpu" and cpu_backend is None and bf16.missing() is None else None
+        _time_priming(out, sample, model, dev, g, prime_samples, prime_tokens, chunk_size, new_tokens, repeats, log,
+                      opt_in)
 
     # Deep in the context against near the start: each repeat primes `deep` tokens and steps `tokens`
     # times, then steps as many from the start right after, so both see the same machine load.
@@ -282,21 +267,32 @@ def _time_backends(sample, n: int, tokens: int, repeats: int, floor: float, weig
 
 
 def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generator, n: int, prime_tokens: int,
-                  chunk_size: int, new_tokens: int, repeats: int, log) -> None:
-    """Priming ``prime_tokens`` known tokens in chunks, then ``new_tokens`` new ones (medians over repeats)."""
+                  chunk_size: int, new_tokens: int, repeats: int, log, opt_in: str | None = None) -> None:
+    """Priming ``prime_tokens`` known tokens in chunks, then ``new_tokens`` new ones (medians over repeats); with
+    ``opt_in``, the name of an inexact CPU backend, priming through it too (alternating with the default)."""
     prefix = torch.randint(model.bins, (n, prime_tokens), generator=g).to(dev)
-    primes, news = [], []
+    runs = {None: ([], [])} | ({opt_in: ([], [])} if opt_in else {})
     for r in range(repeats + 1):
-        timer, total = sample(n, prefix, prime_tokens + new_tokens, chunk_size)
-        if r:
-            primes.append(timer.prime_time())
-            news.append(total - primes[-1])
-    prime_s, new_s = statistics.median(primes), statistics.median(news)
-    out["priming"] = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
-                          tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
-                          new_tokens_per_s=n * new_tokens / new_s)
-    log(f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}: {prime_s:.2f} s = "
-        f"{n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: {n * new_tokens / new_s:.1f} tokens/s")
+        for name, (primes, news) in runs.items():
+            timer, total = sample(n, prefix, prime_tokens + new_tokens, chunk_size,
+                                  **({"cpu_backend": name} if name else {}))
+            if r:
+                primes.append(timer.prime_time())
+                news.append(total - primes[-1])
+    for name, (primes, news) in runs.items():
+        prime_s, new_s = statistics.median(primes), statistics.median(news)
+        res = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
+                   tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
+                   new_tokens_per_s=n * new_tokens / new_s)
+        if name is None:
+            out["priming"] = res
+            log(f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}: {prime_s:.2f} s = "
+                f"{n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: {n * new_tokens / new_s:.1f} "
+                "tokens/s")
+        else:
+            out[f"priming_{name}"] = res
+            log(f"    the same with --cpu_backend={name} (an opt-in, not exact): {prime_s:.2f} s = "
+                f"{n * prime_tokens / prime_s:.0f} tokens/s; then {n * new_tokens / new_s:.1f} tokens/s")
 
 
 def project_song(seconds: float, levels: list[dict], n_ctx: list[int], hops: list[int],

@@ -48,8 +48,12 @@ from jukebox.inference.cpu_backends import Addmm, Backend, Product
 from jukebox.transformer.kv_cache import KVCache, LayerCache
 from jukebox.transformer.ops import Conv1D, quick_gelu
 from jukebox.transformer.patterns import AttentionPattern
+from jukebox.utils.torch_utils import measure_bandwidth
 
 __all__ = ["StepPlan"]
+
+CALIBRATION_STEPS = 8  # timed steps per backend (the fastest counts), after one warm-up step
+CALIBRATION_COPY_MIB = 256  # the bandwidth copies: large enough to miss the last-level cache
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -233,21 +237,26 @@ class StepPlan:
     def _calibrate(self) -> Backend:
         """The fastest exact backend for this step (see ``cpu_backends.choose``). A trial runs steps at the
         cache's position without advancing it: the key and value rows they write are those the real step
-        at this position overwrites first."""
+        at this position overwrites first. Memory bandwidth drifts on shared machines, so each trial's time
+        is scaled to the bandwidth measured at the start (from copies just before and after it)."""
         blocks = self._blocks
         width = blocks[0].ln_0.weight.shape[0]
         x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
+        cpu = torch.device("cpu")
+        reference = measure_bandwidth(cpu, CALIBRATION_COPY_MIB, repeats=2)
 
         def trial(backend: Backend) -> float:
             self.layers = self._build(backend)
             self._forward(x)  # warm-up
+            before = measure_bandwidth(cpu, CALIBRATION_COPY_MIB, repeats=2)
             times = []
-            for _ in range(5):
+            for _ in range(CALIBRATION_STEPS):
                 t = time.perf_counter()
                 self._forward(x)
                 times.append(time.perf_counter() - t)
+            bandwidth = (before + measure_bandwidth(cpu, CALIBRATION_COPY_MIB, repeats=2)) / 2
             self.layers = []
-            return min(times)
+            return min(times) * bandwidth / reference
 
         name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, trial)
         return cpu_backends.BACKENDS[name]

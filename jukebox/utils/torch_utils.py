@@ -1,13 +1,16 @@
-"""Small helpers on parameters and gradients for the training loop."""
+"""Small helpers on tensors: parameters and gradients for the training loop, and the memory bandwidth that
+sets the sampling steps' floor."""
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 
 __all__ = [
-    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "params_checksum",
+    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "params_checksum", "synchronize", "measure_bandwidth",
 ]
 
 
@@ -55,3 +58,24 @@ def params_checksum(model: nn.Module) -> torch.Tensor:
             total[0] += flat.sum()
             total[1] += (flat * torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64)).sum() * (i + 1)
     return total
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA; a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_bandwidth(device: torch.device, mib: int = 512, repeats: int = 7) -> float:
+    """Memory bandwidth in bytes/s of copying a ``mib`` MiB float32 tensor (bytes read + written), median."""
+    src = torch.ones(mib * 2 ** 18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
