@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -284,26 +285,36 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float], path: Path | None = None) -> str:
+def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float], path: Path | None = None,
+           rounds: int = 2) -> str:
     """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, batch, dtypes)
     with weights stored as ``weights``: the cached choice for this machine and shape, else each
     available exact backend's ``trial(backend)`` (seconds per step; it may raise, and the backend is
-    then skipped), fastest first, written to the cache. Falls back to ``plain``."""
+    then skipped), the best of ``rounds`` rounds (every other round in reverse order, so that a slow
+    moment of a shared machine does not fall on the same backend twice), written to the cache. Falls
+    back to ``plain``."""
     path = calibration_path() if path is None else path
     key = _key(shape)
     cached = _read(path).get(key)
     if cached is not None and cached.get("backend") in BACKENDS:
         return cached["backend"]
-    times = {}
+    candidates = []
     for backend in BACKENDS.values():
         reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights")
-        if reason is not None:
+        if reason is None:
+            candidates.append(backend)
+        else:
             log.debug("cpu backend %s skipped: %s", backend.name, reason)
-            continue
-        try:
-            times[backend.name] = trial(backend)
-        except Exception as error:  # noqa: BLE001 (a backend that fails to build or run here is skipped)
-            log.debug("cpu backend %s failed: %s", backend.name, error)
+    times: dict = {}
+    for r in range(rounds):
+        for backend in candidates if r % 2 == 0 else candidates[::-1]:
+            if r and backend.name not in times:
+                continue  # failed in the first round
+            try:
+                times[backend.name] = min(trial(backend), times.get(backend.name, math.inf))
+            except Exception as error:  # noqa: BLE001 (a backend that fails to build or run here is skipped)
+                log.debug("cpu backend %s failed: %s", backend.name, error)
+                times.pop(backend.name, None)
     best = min(times, key=times.get) if times else "plain"
     entries = _read(path)
     entries[key] = dict(backend=best, step_ms={name: round(t * 1e3, 3) for name, t in times.items()},

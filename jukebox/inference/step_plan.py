@@ -53,7 +53,8 @@ from jukebox.utils.torch_utils import measure_bandwidth
 __all__ = ["StepPlan"]
 
 CALIBRATION_STEPS = 8  # timed steps per backend (the fastest counts), after one warm-up step
-CALIBRATION_COPY_MIB = 256  # the bandwidth copies: large enough to miss the last-level cache
+CALIBRATION_COPY_MIB = 256  # the largest bandwidth copy: large enough to miss the last-level cache
+CALIBRATION_MIN_COPY_MIB = 64  # smaller weights stay in the caches: their trials are not scaled
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -238,25 +239,32 @@ class StepPlan:
         """The fastest exact backend for this step (see ``cpu_backends.choose``). A trial runs steps at the
         cache's position without advancing it: the key and value rows they write are those the real step
         at this position overwrites first. Memory bandwidth drifts on shared machines, so each trial's time
-        is scaled to the bandwidth measured at the start (from copies just before and after it)."""
+        is scaled to the bandwidth measured at the start, from copies just before and after it the size of
+        the step's weights (at most ``CALIBRATION_COPY_MIB``; none below ``CALIBRATION_MIN_COPY_MIB``)."""
         blocks = self._blocks
         width = blocks[0].ln_0.weight.shape[0]
         x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
-        cpu = torch.device("cpu")
-        reference = measure_bandwidth(cpu, CALIBRATION_COPY_MIB, repeats=2)
+        weight_mib = sum(p.numel() * p.element_size() for b in blocks for p in b.parameters()) / 2 ** 20
+        copy_mib = int(min(weight_mib, CALIBRATION_COPY_MIB))
+
+        def bandwidth() -> float:
+            return measure_bandwidth(torch.device("cpu"), copy_mib, repeats=2) if copy_mib >= CALIBRATION_MIN_COPY_MIB \
+                else 1.0
+
+        reference = bandwidth()
 
         def trial(backend: Backend) -> float:
             self.layers = self._build(backend)
             self._forward(x)  # warm-up
-            before = measure_bandwidth(cpu, CALIBRATION_COPY_MIB, repeats=2)
+            before = bandwidth()
             times = []
             for _ in range(CALIBRATION_STEPS):
                 t = time.perf_counter()
                 self._forward(x)
                 times.append(time.perf_counter() - t)
-            bandwidth = (before + measure_bandwidth(cpu, CALIBRATION_COPY_MIB, repeats=2)) / 2
+            during = (before + bandwidth()) / 2
             self.layers = []
-            return min(times) * bandwidth / reference
+            return min(times) * during / reference
 
         name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, trial)
         return cpu_backends.BACKENDS[name]
