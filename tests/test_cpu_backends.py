@@ -77,6 +77,30 @@ def test_failing_and_unavailable_backends_are_passed_by(calibration_file, monkey
     assert list(json.loads(calibration_file.read_text()).values())[0]["step_ms"].keys() == {"plain"}
 
 
+def test_calibration_keeps_each_backends_best_round(tmp_path, monkeypatch):
+    """Two rounds, the second in reverse order: a backend timed during a slow moment in one round is judged by
+    its other round, and one that fails is not tried again."""
+    for backend in cpu_backends.BACKENDS.values():
+        monkeypatch.setattr(type(backend), "missing", lambda self: None)
+    exact = [name for name, b in cpu_backends.BACKENDS.items() if b.exact(torch.float32)]
+    calls = []
+    # The first round is slow for numba (a dip of the machine), the second is not; mkl fails.
+    first = {"plain": 3.0, "numba": 9.0, "numba_blocks": 4.0, "onednn": 5.0}
+    second = {"plain": 3.0, "numba": 1.0, "numba_blocks": 4.0, "onednn": 5.0}
+
+    def trial(backend):
+        calls.append(backend.name)
+        if backend.name == "mkl":
+            raise RuntimeError("cannot pack here")
+        return (second if len(calls) > len(exact) else first)[backend.name]
+
+    path = tmp_path / "calibration.json"
+    assert cpu_backends.choose({"shape": 1}, torch.float32, trial, path) == "numba"
+    assert calls == exact + [name for name in reversed(exact) if name != "mkl"]
+    (entry,) = json.loads(path.read_text()).values()
+    assert entry["step_ms"] == {"plain": 3000.0, "numba": 1000.0, "numba_blocks": 4000.0, "onednn": 5000.0}
+
+
 def test_unwritable_calibration_cache_still_chooses(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
