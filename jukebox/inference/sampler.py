@@ -173,10 +173,10 @@ class TokenSampler:
         self.plan = None
         t, chunk_plan = 0, None
         chunks = get_split_chunks(n_prime, chunk_size)
-        for size in chunks:
-            if t > 0 and chunk_plan is None:
-                chunk_plan = self._chunk_plan(cache, N * chunks[0]) or False
-            if chunk_plan:
+        for i, size in enumerate(chunks):
+            if i == 1:
+                chunk_plan = self._chunk_plan(cache, N * chunks[0])
+            if chunk_plan is not None:
                 h, cond = m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond)
                 h = chunk_plan.chunk(h.to(chunk_plan.dtype).reshape(N * size, -1), size).view(h.shape)
                 h = m.add_output_cond(h.float(), cond)
