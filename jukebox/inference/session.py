@@ -80,8 +80,9 @@ class SamplingOptions:
     mode: one of ``MODES``. codes_file: the data.pth.tar of an earlier run (continue, upsample).
     audio_files: the prompts (primed), tiled over the samples. prompt_length: audio samples of the prompt
     (primed), or where the codes are cut (continue, upsample; None keeps them all).
-    cpu_backend: the backend of CPU sampling steps (``jukebox.inference.cpu_backends``; None: calibrated per
-    machine). It does not change the codes beyond float rounding, so a run may resume with another.
+    cpu_backend: the backend of CPU sampling steps and priming (``jukebox.inference.cpu_backends``; None:
+    calibrated per machine). An exact one does not change the codes beyond float rounding, so a run may
+    resume with another.
     """
 
     model: str
