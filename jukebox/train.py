@@ -53,7 +53,15 @@ from jukebox.training.optim import lr_multiplier, make_optimizer
 from jukebox.training.state import TrainingState, plain_hps, write_checkpoint
 from jukebox.utils.audio_utils import audio_preprocess
 from jukebox.utils.cli import fire_command
-from jukebox.utils.dist_utils import allgather, allreduce, barrier, get_world_size, print_once, setup_dist_from_mpi
+from jukebox.utils.dist_utils import (
+    allgather,
+    allreduce,
+    barrier,
+    finish_dist,
+    get_world_size,
+    print_once,
+    setup_dist_from_mpi,
+)
 from jukebox.utils.logger import init_logging, make_logdir
 from jukebox.utils.torch_utils import grad_norm, params_checksum, scale_grads, zero_grad
 from jukebox.vqvae.losses import make_vqvae_loss
@@ -305,6 +313,8 @@ def main(hps: str | tuple[str, ...] = "teeny", port: int = 29500, **overrides: A
         hps.nworkers = hps.bs
     trainer = Trainer(hps, device, rank, local_rank)
     trainer.exit_code = trainer.fit()
+    if trainer.exit_code == 0:
+        finish_dist()
     return trainer
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "setup_dist_from_mpi", "get_rank", "get_world_size", "is_distributed", "barrier",
+    "setup_dist_from_mpi", "get_rank", "get_world_size", "is_distributed", "barrier", "finish_dist",
     "print_once", "print_all", "allreduce", "allgather", "broadcast", "DistSetupError",
 ]
 
@@ -161,6 +161,16 @@ def get_world_size() -> int:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def finish_dist() -> None:
+    """The end of a distributed run that went well: wait for every rank, then tear the process group down while
+    the interpreter is whole. Without the barrier a rank that finished first can close its connections while
+    another rank's gloo threads still use them, and either can then abort at exit ("terminate called without
+    an active exception"). A no-op without a process group."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def print_once(*args: Any, **kwargs: Any) -> None:
