@@ -29,12 +29,8 @@ from jukebox.data.artist_genre_processor import write_id_tables
 from jukebox.embed import Embedder, EmbeddingModel, load_embedding_model, prior_depth
 from jukebox.hparams import Hyperparams, setup_hparams
 from jukebox.make_models import make_labeller, make_prior, make_vqvae, model_sets
+from jukebox.utils.torch_utils import synchronize
 from jukebox.vqvae.vqvae import calculate_hop_lengths
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
@@ -43,10 +39,10 @@ def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats:
     a @ b
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times)
 
@@ -97,14 +93,14 @@ def run(model: str, layers: list[int], random: bool, windows: int, batch_size: i
     flops = 0
     batches = max(1, windows // batch_size)
     for i in range(batches):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         z = embedder.codes(audio)
-        _sync(device)
+        synchronize(device)
         middle = time.perf_counter()
         with FlopCounterMode(display=False) as counter:
             embedder.layer_frames(z)
-        _sync(device)
+        synchronize(device)
         encode_s += middle - start
         forward_s += time.perf_counter() - middle
         flops += counter.get_total_flops()

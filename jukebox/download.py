@@ -23,7 +23,7 @@ from jukebox.utils.dist_utils import print_once
 from jukebox.utils.hub import hub_cache_dir, hub_file_metadata, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_legacy_torch_file
 from jukebox.utils.remote import DownloadError, cache_dir, sha256_of
-from jukebox.utils.sources import HUB_REPOS, Origin, check_source, hub_repo_of, locate_weights
+from jukebox.utils.sources import HUB_REPOS, Origin, check_source, locate_weights, model_origin
 from jukebox.utils.transformers_format import transformers_prefix
 
 __all__ = ["run", "main"]
@@ -112,7 +112,7 @@ def fetch_model(model: str, source: str | None = None) -> None:
     """Fetch and check every file ``model`` needs (see the module docstring), printing one line per file."""
     source = check_source(source)
     name, ref = resolve_model(model)
-    origin = Origin("" if ref else hub_repo_of(name, source), source)
+    origin = model_origin(name, ref, source)
     versions, checked = set(), {}
     for label, part_ref, prefix, v3 in _parts(name, ref):
         _fetch_part(label, part_ref, prefix, origin, checked)

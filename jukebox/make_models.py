@@ -30,9 +30,9 @@ from jukebox.utils.sources import (
     HUB_REPOS,
     Origin,
     check_source,
-    hub_repo_of,
     label_tables_source,
     locate_weights,
+    model_origin,
 )
 from jukebox.utils.transformers_format import (
     from_transformers_state_dict,
@@ -515,7 +515,7 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
     """
     name, ref = resolve_model(model)
     source = check_source(weights_source)
-    origin = Origin("" if ref else hub_repo_of(name, source), source)
+    origin = model_origin(name, ref, source)
     vqvae_name, *prior_names = model_sets(name)
     vqvae = make_vqvae(setup_hparams(vqvae_name, dict(
         sample_length=hps.get("sample_length", 0), sample_length_in_seconds=hps.get("sample_length_in_seconds", 0),

@@ -52,7 +52,7 @@ from jukebox.inference.inputs import (
 from jukebox.inference.session import SamplingOptions, SamplingSession, check_hop_fraction, check_mode
 from jukebox.make_models import make_model, model_name, model_sample_rate
 from jukebox.utils.cli import check_options, run_cli
-from jukebox.utils.dist_utils import finish_dist, get_world_size, print_once, setup_dist_from_mpi
+from jukebox.utils.dist_utils import get_world_size, print_once, setup_dist_from_mpi
 from jukebox.utils.sources import check_source
 
 __all__ = ["run", "main", "EXAMPLE_METAS", "default_sampling_kwargs", "load_codes", "load_prompts", "make_metas"]
@@ -155,7 +155,6 @@ def run(model: str, name: str, levels: int = 3, sample_length_in_seconds: float 
         raise
     print_once(f"Done: samples are in {logdir}/level_*/ (to view index.html, serve them with "
                "`python -m http.server --bind 127.0.0.1`)")
-    finish_dist()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from jukebox.utils.atomic import atomic_write
+from jukebox.utils.hub import is_hub_uri
 from jukebox.utils.remote import DownloadError, cache_dir, fetch_to
 
 # The released tables are part of the original repository, not of the weights' storage.
@@ -159,7 +160,7 @@ class ArtistGenreProcessor:
     def __init__(self, v3: bool = False, ids_dir: str | os.PathLike | None = None) -> None:
         self.v3 = v3
         fetch_problem = ""
-        if isinstance(ids_dir, str) and ids_dir.startswith("hf://"):
+        if is_hub_uri(ids_dir):
             ids_dir = hub_tables_dir(ids_dir)
         elif ids_dir is None and not os.environ.get("JUKEBOX_IDS_DIR"):
             try:  # the released tables, cached beside the downloaded weights

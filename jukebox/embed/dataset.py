@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from jukebox.data.files_dataset import find_audio_files
+from jukebox.data.files_dataset import find_audio_files, write_json_atomic
 from jukebox.embed.embedder import Embedder
 from jukebox.embed.recipe import read_clip
 from jukebox.utils.atomic import atomic_write
@@ -74,7 +74,7 @@ class _Clips(Dataset):
     """Decodes and windows each file (in the loader's worker processes): ``(rel, windows, seconds, error)``."""
 
     def __init__(self, files: list[tuple[Path, str]], embedder: Embedder) -> None:
-        self.files, self.sr, self.split = files, embedder.model.sr, embedder.split
+        self.files, self.sr, self.split = files, embedder.model.sr, embedder.splitter()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -118,17 +118,16 @@ def _check_settings(out: Path, settings: dict) -> None:
     if manifest is None:
         return
     old = manifest.get("settings", {})
-    changed = [k for k in settings if k in old and json.dumps(old[k]) != json.dumps(settings[k])]
+    changed = [k for k in settings if k in old and _canonical(old[k]) != _canonical(settings[k])]
     if changed:
         what = ", ".join(f"{k} {old[k]!r} -> {settings[k]!r}" for k in changed)
         raise ValueError(f"--out {os.fspath(out)!r} holds features made with other settings ({what}); pass another "
                          "--out or the same options")
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+def _canonical(value: Any) -> str:
+    """A setting as its JSON text with sorted keys (tuples and lists alike), for comparing with a stored one."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _merge_records(out: Path) -> dict[str, dict]:
@@ -146,7 +145,7 @@ def _merge_records(out: Path) -> dict[str, dict]:
 
 def _write_manifest(out: Path, settings: dict) -> None:
     files = {rel: {k: v for k, v in r.items() if k != "file"} for rel, r in _merge_records(out).items()}
-    _write_json(out / MANIFEST, dict(settings=settings, versions=_versions(), files=files))
+    write_json_atomic(out / MANIFEST, dict(settings=settings, versions=_versions(), files=files))
 
 
 def _gather(summary: RunSummary) -> RunSummary:
@@ -180,7 +179,7 @@ def embed_dataset(embedder: Embedder, audio: str | os.PathLike, out: str | os.Pa
     barrier()
     if rank == 0:
         _write_manifest(out, settings)
-        _write_json(out / REPORT, dict(embedded=summary.embedded, skipped=summary.skipped,
+        write_json_atomic(out / REPORT, dict(embedded=summary.embedded, skipped=summary.skipped,
                                        failed=[dict(file=f, reason=r) for f, r in summary.failed]))
     return summary
 

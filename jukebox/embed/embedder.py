@@ -8,8 +8,9 @@ per window. Every requested layer comes from one forward through the deepest one
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,12 +175,18 @@ class Embedder:
         finally:
             for hook in hooks:
                 hook.remove()
-        return {layer: ar.add_output_cond(outputs[layer].float(), x_cond)[:, skip:].float() for layer in self.layers}
+        return {layer: ar.add_output_cond(outputs[layer].float(), x_cond)[:, skip:] for layer in self.layers}
 
     # ------------------------------------------------------------------------------------------------- clips
     def split(self, audio: np.ndarray) -> list[Window]:
         """Prepared audio ``(T,)`` -> its windows under this embedder's ``windows`` setting."""
-        return split_windows(audio, self.n_ctx, self.hop, self.chunk_samples, self.windows)
+        return self.splitter()(audio)
+
+    def splitter(self) -> Callable[[np.ndarray], list[Window]]:
+        """``split`` as a function that holds only the window settings, not the models (data-loader workers
+        get a pickled copy of it)."""
+        return functools.partial(split_windows, n_ctx=self.n_ctx, hop=self.hop, chunk_samples=self.chunk_samples,
+                                 windows=self.windows)
 
     def embed_windows(self, clips: Iterable[tuple[Any, list[Window]]]) -> Iterator[tuple[Any, Embedding]]:
         """``(key, windows)`` pairs -> ``(key, Embedding)`` in the same order, ``batch_size`` windows per forward

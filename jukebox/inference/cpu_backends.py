@@ -152,15 +152,14 @@ class OneDnn(Backend):
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
 
-class OneDnnBf16(Backend):
+class OneDnnBf16(OneDnn):
     name = "onednn_bf16"
 
     def missing(self):
-        if OneDnn().missing() is not None:
-            return OneDnn().missing()
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return "this CPU has no bfloat16 support in oneDNN (it needs AVX-512 BF16 or AMX)"
-        return None
+        reason = super().missing()
+        if reason is None and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            reason = "this CPU has no bfloat16 support in oneDNN (it needs AVX-512 BF16 or AMX)"
+        return reason
 
     def exact(self, weights):
         return False

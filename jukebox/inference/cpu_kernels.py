@@ -134,7 +134,7 @@ class TiledLinear(_FusedLinear):
     last one zero-padded): each tile is streamed once while the ``M x TILE`` sums of its columns stay in
     the L1 cache; every output is accumulated over ``n_in`` in order (fused multiply-adds allowed)."""
 
-    __slots__ = ("tiles",)
+    __slots__ = ()
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
         n_in, n_out = w.shape
@@ -142,8 +142,13 @@ class TiledLinear(_FusedLinear):
         w = _kept_dtype(w)
         padded = w.new_zeros(n_in, n_tiles * TILE)
         padded[:, :n_out] = w
-        self.tiles = padded.view(n_in, n_tiles, TILE).permute(1, 0, 2).contiguous()
-        super().__init__(self.tiles, n_out, _kernels()[1], b, norm, gelu)
+        tiles = padded.view(n_in, n_tiles, TILE).permute(1, 0, 2).contiguous()
+        super().__init__(tiles, n_out, _kernels()[1], b, norm, gelu)
+
+    @property
+    def tiles(self) -> torch.Tensor:
+        """The weight as the kernel streams it, ``(ceil(n_out / TILE), n_in, TILE)``."""
+        return self.weight
 
 
 class BlockedLinear(_FusedLinear):

@@ -63,6 +63,12 @@ def finish(acc, m, o, bias, gelu, residual, out):  # pragma: no cover
         out[m, o] = y
 
 
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+def finish4(sums, m, o, bias, gelu, residual, out):  # pragma: no cover (outputs o..o+3 of row m)
+    for q in range(4):
+        finish(sums[q], m, o + q, bias, gelu, residual, out)
+
+
 @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, out):  # pragma: no cover
     rows, n_in = x.shape
@@ -76,15 +82,9 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
                 xv = x[m, k]
                 for j in range(width):
                     acc[m, j] += xv * as_float32(tiles[tile, k, j])
-        col = tile * width
         for m in range(rows):
-            for j in range(min(width, out.shape[1] - col)):  # the last tile may be zero-padded
-                acc[m, j] += bias[col + j]
-                if gelu:  # quick_gelu: x sigmoid(1.702 x)
-                    acc[m, j] = acc[m, j] / (np.float32(1.0) + np.exp(np.float32(-1.702) * acc[m, j]))
-                if residual.shape[0]:
-                    acc[m, j] += residual[m, col + j]
-                out[m, col + j] = acc[m, j]
+            for j in range(width):  # the last tile's zero padding is not written
+                finish(acc[m, j], m, tile * width + j, bias, gelu, residual, out)
 
 
 # Four outputs at a time, for four rows (sixteen sums) or one: the sums are named locals, so LLVM keeps them
@@ -123,12 +123,10 @@ def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out
                 d1 += x1 * wd
                 d2 += x2 * wd
                 d3 += x3 * wd
-            for m, sa, sb, sc, sd in ((m0, a0, b0, c0, d0), (m0 + 1, a1, b1, c1, d1), (m0 + 2, a2, b2, c2, d2),
-                                      (m0 + 3, a3, b3, c3, d3)):
-                finish(sa, m, o0, bias, gelu, residual, out)
-                finish(sb, m, o0 + 1, bias, gelu, residual, out)
-                finish(sc, m, o0 + 2, bias, gelu, residual, out)
-                finish(sd, m, o0 + 3, bias, gelu, residual, out)
+            finish4((a0, b0, c0, d0), m0, o0, bias, gelu, residual, out)
+            finish4((a1, b1, c1, d1), m0 + 1, o0, bias, gelu, residual, out)
+            finish4((a2, b2, c2, d2), m0 + 2, o0, bias, gelu, residual, out)
+            finish4((a3, b3, c3, d3), m0 + 3, o0, bias, gelu, residual, out)
         for m in range(rows - rows % 4, rows):
             sa = sb = sc = sd = np.float32(0.0)
             for k in range(n_in):
@@ -137,10 +135,7 @@ def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out
                 sb += xv * as_float32(wt[o1, k])
                 sc += xv * as_float32(wt[o2, k])
                 sd += xv * as_float32(wt[o3, k])
-            finish(sa, m, o0, bias, gelu, residual, out)
-            finish(sb, m, o0 + 1, bias, gelu, residual, out)
-            finish(sc, m, o0 + 2, bias, gelu, residual, out)
-            finish(sd, m, o0 + 3, bias, gelu, residual, out)
+            finish4((sa, sb, sc, sd), m, o0, bias, gelu, residual, out)
 
 
 @numba.njit(fastmath=REASSOC, nogil=True, boundscheck=False, cache=True, inline="always")

@@ -168,9 +168,8 @@ def finish_dist() -> None:
     the interpreter is whole. Without the barrier a rank that finished first can close its connections while
     another rank's gloo threads still use them, and either can then abort at exit ("terminate called without
     an active exception"). A no-op without a process group."""
-    if is_distributed():
-        dist.barrier()
-        dist.destroy_process_group()
+    barrier()
+    _destroy_process_group()
 
 
 def print_once(*args: Any, **kwargs: Any) -> None:

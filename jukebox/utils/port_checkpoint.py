@@ -42,6 +42,7 @@ class PortCheckpoint(Mapping[str, torch.Tensor]):
         self.opened: list[str] = []
         self._fetch = fetch
         self._shards: dict[str, Mapping[str, torch.Tensor]] = {}
+        self._paths: dict[str, Path] = {}
 
     def __getitem__(self, key: str) -> torch.Tensor:
         name = self.weight_map[key]
@@ -66,11 +67,17 @@ class PortCheckpoint(Mapping[str, torch.Tensor]):
 
     def prefetch(self, prefix: str) -> list[Path]:
         """The local paths of the shards holding ``prefix``, fetched now if they are remote (nothing is read)."""
-        return [self._fetch(name) for name in self.shards_with(prefix)]
+        return [self._path(name) for name in self.shards_with(prefix)]
+
+    def _path(self, name: str) -> Path:
+        """The local path of shard ``name``, fetched once."""
+        if name not in self._paths:
+            self._paths[name] = self._fetch(name)
+        return self._paths[name]
 
     def _shard(self, name: str) -> Mapping[str, torch.Tensor]:
         if name not in self._shards:
-            self._shards[name] = _open_shard(self._fetch(name))
+            self._shards[name] = _open_shard(self._path(name))
             self.opened.append(name)
         return self._shards[name]
 

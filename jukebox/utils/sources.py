@@ -26,8 +26,8 @@ from jukebox.utils.hub import HubRepo, MissingHubFile, hub_file, is_hub_uri, par
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
 from jukebox.utils.remote import DownloadError, cache_path, is_url, report_failure, resolve_path
 
-__all__ = ["SOURCES", "HUB_REPOS", "Origin", "ANY_SOURCE", "check_source", "hub_repo_of", "hub_checkpoint",
-           "locate_weights", "label_tables_source"]
+__all__ = ["SOURCES", "HUB_REPOS", "Origin", "ANY_SOURCE", "check_source", "hub_repo_of", "model_origin",
+           "hub_checkpoint", "locate_weights", "label_tables_source"]
 
 SOURCES = ("openai", "hf")
 # The released models whose parts the port's hub repositories hold (the 5b model without lyrics has none).
@@ -80,6 +80,12 @@ def _hub_fetch(repo: HubRepo, local_only: bool):
                 return None
             raise
     return fetch
+
+
+def model_origin(name: str, ref: str, source: str | None) -> Origin:
+    """The ``Origin`` of model ``name`` resolved to weights ``ref`` (see ``resolve_model``): a released model (no
+    ``ref``) has its hub repository, with the sources ``source`` allows."""
+    return Origin("" if ref else hub_repo_of(name, source), source)
 
 
 def hub_checkpoint(repo: HubRepo, prefix: str = "", local_only: bool = False) -> PortCheckpoint:
