@@ -211,6 +211,10 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
             calibrated = cpu_backends.calibration(plan.shape())
             res["calibration_ms"] = None if calibrated is None or cpu_backend else calibrated["step_ms"]
             how = "forced" if cpu_backend else f"calibrated: {_ms_list(res['calibration_ms'] or {})}"
+            if calibrated is not None and not cpu_backend:
+                res["calibration_seconds"] = calibrated.get("seconds")
+                layers = calibrated.get("trial_layers") or plan.shape()["layers"]
+                how += f"; trials over {layers} of {plan.shape()['layers']} layers, {calibrated.get('seconds')} s"
             log(f"    backend {plan.backend} ({how})")
             if backends and not cpu_backend:
                 weights = model.transformer._attn_mods[0].attn.c_attn.w.dtype

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 Product = Callable[..., torch.Tensor]
 
+CLOSE = 1.25  # calibration times again the backends within this factor of the fastest
+
 
 class Backend:
     """How a CPU step multiplies: ``linear(w, b, batch)`` builds the product ``x (M, n_in) -> x @ w + b``
@@ -285,18 +287,23 @@ def _read(path: Path) -> dict:
 
 
 def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float], path: Path | None = None,
-           rounds: int = 2) -> str:
+           rounds: int = 2, trial_layers: int | None = None) -> str:
     """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, batch, dtypes)
-    with weights stored as ``weights``: the cached choice for this machine and shape, else each
-    available exact backend's ``trial(backend)`` (seconds per step; it may raise, and the backend is
-    then skipped), the best of ``rounds`` rounds (every other round in reverse order, so that a slow
-    moment of a shared machine does not fall on the same backend twice), written to the cache. Falls
-    back to ``plain``."""
+    with weights stored as ``weights``: the cached choice for this machine and shape, else the fastest by
+    ``trial(backend)`` (seconds; it may raise, and the backend is then skipped), written to the cache.
+    Falls back to ``plain``.
+
+    The first round times every available exact backend. Each later round, in the other order (so that
+    a slow moment of a shared machine does not fall on the same backend twice), times again those within
+    ``CLOSE`` of the best so far, and each keeps its best time: a trial packs the backend's weights, and a
+    backend that far behind does not win on a second try. ``trial_layers``, how many of the step's layers a
+    trial runs, is stored beside the times (``step_ms``, which are those of the trial)."""
     path = calibration_path() if path is None else path
     key = _key(shape)
     cached = _read(path).get(key)
     if cached is not None and cached.get("backend") in BACKENDS:
         return cached["backend"]
+    started = time.perf_counter()
     candidates = []
     for backend in BACKENDS.values():
         reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights")
@@ -306,9 +313,10 @@ def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float],
             log.debug("cpu backend %s skipped: %s", backend.name, reason)
     times: dict = {}
     for r in range(rounds):
-        for backend in candidates if r % 2 == 0 else candidates[::-1]:
-            if r and backend.name not in times:
-                continue  # failed in the first round
+        if r:  # only those that ran, and were close
+            fastest = min(times.values(), default=math.inf)
+            candidates = [b for b in reversed(candidates) if times.get(b.name, math.inf) <= CLOSE * fastest]
+        for backend in candidates:
             try:
                 times[backend.name] = min(trial(backend), times.get(backend.name, math.inf))
             except Exception as error:  # noqa: BLE001 (a backend that fails to build or run here is skipped)
@@ -317,7 +325,8 @@ def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float],
     best = min(times, key=times.get) if times else "plain"
     entries = _read(path)
     entries[key] = dict(backend=best, step_ms={name: round(t * 1e3, 3) for name, t in times.items()},
-                        measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                        measured=time.strftime("%Y-%m-%dT%H:%M:%S"), trial_layers=trial_layers,
+                        seconds=round(time.perf_counter() - started, 2))
     try:
         with atomic_write(path, "w", encoding="utf-8") as f:
             json.dump(entries, f, indent=1, sort_keys=True)
@@ -327,5 +336,6 @@ def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float],
 
 
 def calibration(shape: dict, path: Path | None = None) -> dict | None:
-    """The cached calibration of ``shape`` on this machine: ``{backend, step_ms, measured}``, or None."""
+    """The cached calibration of ``shape`` on this machine: ``{backend, step_ms, measured, trial_layers,
+    seconds}`` (``seconds``: how long the calibration took), or None."""
     return _read(calibration_path() if path is None else path).get(_key(shape))

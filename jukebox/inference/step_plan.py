@@ -34,6 +34,7 @@ weights are used as stored.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -48,13 +49,14 @@ from jukebox.inference.cpu_backends import Addmm, Backend, Product
 from jukebox.transformer.kv_cache import KVCache, LayerCache
 from jukebox.transformer.ops import Conv1D, quick_gelu
 from jukebox.transformer.patterns import AttentionPattern
-from jukebox.utils.torch_utils import measure_bandwidth
+from jukebox.utils.torch_utils import CopyBandwidth
 
 __all__ = ["StepPlan"]
 
 CALIBRATION_STEPS = 8  # timed steps per backend (the fastest counts), after one warm-up step
 CALIBRATION_COPY_MIB = 256  # the largest bandwidth copy: large enough to miss the last-level cache
 CALIBRATION_MIN_COPY_MIB = 64  # smaller weights stay in the caches: their trials are not scaled
+CALIBRATION_PROXY_MIB = 640  # trials run the fewest leading layers with this many MiB of weights (or all layers)
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -220,13 +222,14 @@ class StepPlan:
             backend, self.backend = None, None
         self.layers = self._build(backend)
 
-    def _build(self, backend: Backend | None) -> list[_Layer]:
+    def _build(self, backend: Backend | None, blocks: list | None = None) -> list[_Layer]:
+        """The layers of ``blocks`` (default: all) with their products through ``backend``."""
         kernels = backend is not None and (backend.attends or self.chunk_rows is not None) and cpu_kernels.available()
         if self.chunk_rows is not None and not kernels:
             raise ValueError("a chunk plan needs the numba attention kernels, which do not run here")
         rows = self.chunk_rows or self.cache.n_samples
         return [_Layer(block, layer_cache, self.dtype, backend, rows, kernels)
-                for block, layer_cache in zip(self._blocks, self.cache.layers)]
+                for block, layer_cache in zip(self._blocks if blocks is None else blocks, self.cache.layers)]
 
     def shape(self) -> dict:
         """What the step's speed depends on, for the calibration cache: products, layers, batch, dtypes."""
@@ -236,27 +239,36 @@ class StepPlan:
                     batch=self.cache.n_samples, weights=str(convs[0][0].w.dtype), dtype=str(self.dtype))
 
     def _calibrate(self) -> Backend:
-        """The fastest exact backend for this step (see ``cpu_backends.choose``). A trial runs steps at the
-        cache's position without advancing it: the key and value rows they write are those the real step
-        at this position overwrites first. Memory bandwidth drifts on shared machines, so each trial's time
-        is scaled to the bandwidth measured at the start, from copies just before and after it the size of
-        the step's weights (at most ``CALIBRATION_COPY_MIB``; none below ``CALIBRATION_MIN_COPY_MIB``)."""
-        blocks = self._blocks
+        """The fastest exact backend for this step (see ``cpu_backends.choose``).
+
+        A trial runs steps at the cache's position without advancing it: the key and value rows they write
+        are those the real step at this position overwrites first. It runs the fewest leading layers whose
+        weights reach ``CALIBRATION_PROXY_MIB`` (every layer of a smaller model): a model's layers share one
+        shape, so they rank the backends as the whole step would, while the weights each trial packs stay
+        bounded for the large models, and still too many to stay in the last-level cache. Memory bandwidth
+        drifts on shared machines, so each trial's time is scaled to the bandwidth measured at the start,
+        from copies just before and after it the size of those weights (at most ``CALIBRATION_COPY_MIB``;
+        none below ``CALIBRATION_MIN_COPY_MIB``)."""
+        blocks, weight_mib = [], 0.0
+        for block in self._blocks:
+            if weight_mib >= CALIBRATION_PROXY_MIB:
+                break
+            blocks.append(block)
+            weight_mib += sum(p.numel() * p.element_size() for p in block.parameters()) / 2 ** 20
         width = blocks[0].ln_0.weight.shape[0]
         x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
-        weight_mib = sum(p.numel() * p.element_size() for b in blocks for p in b.parameters()) / 2 ** 20
         copy_mib = int(min(weight_mib, CALIBRATION_COPY_MIB))
+        copies = functools.cache(lambda: CopyBandwidth(torch.device("cpu"), copy_mib))  # only if not cached
+        reference = []
 
         def bandwidth() -> float:
-            return measure_bandwidth(torch.device("cpu"), copy_mib, repeats=2) if copy_mib >= CALIBRATION_MIN_COPY_MIB \
-                else 1.0
-
-        reference = bandwidth()
+            return copies()(repeats=2) if copy_mib >= CALIBRATION_MIN_COPY_MIB else 1.0
 
         def trial(backend: Backend) -> float:
-            self.layers = self._build(backend)
+            self.layers = self._build(backend, blocks)
             self._forward(x)  # warm-up
             before = bandwidth()
+            reference[:] = reference or [before]
             times = []
             for _ in range(CALIBRATION_STEPS):
                 t = time.perf_counter()
@@ -264,9 +276,9 @@ class StepPlan:
                 times.append(time.perf_counter() - t)
             during = (before + bandwidth()) / 2
             self.layers = []
-            return min(times) * during / reference
+            return min(times) * during / reference[0]
 
-        name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, trial)
+        name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, trial, trial_layers=len(blocks))
         return cpu_backends.BACKENDS[name]
 
     # ------------------------------------------------------------------ shared layer arithmetic
