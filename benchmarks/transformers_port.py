@@ -14,6 +14,7 @@ and draw of one position). The medians over rounds, tokens/s and the ratio are p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -123,6 +124,13 @@ def _answer(proc: subprocess.Popen) -> dict:
             return json.loads(line)
 
 
+def _round(proc: subprocess.Popen) -> float:
+    """One round of a worker: its median step in seconds."""
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return _answer(proc)["step_s"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n_samples", type=int, default=4)
@@ -143,16 +151,11 @@ def main() -> None:
     try:
         for side, proc in workers.items():
             print(f"{side}: {_answer(proc)}", flush=True)
-        steps: dict = {side: [] for side in workers}
-        for r in range(a.rounds + 1):
-            for side, proc in workers.items():  # one side at a time, alternating
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-                step = _answer(proc)["step_s"]
-                if r:
-                    steps[side].append(step)
-            if r:
-                print(f"round {r}: " + ", ".join(f"{s} {steps[s][-1] * 1e3:.1f} ms/step" for s in steps), flush=True)
+        from jukebox.bench import _alternating
+
+        steps = _alternating({side: functools.partial(_round, proc) for side, proc in workers.items()}, a.rounds)
+        for r in range(a.rounds):
+            print(f"round {r + 1}: " + ", ".join(f"{s} {steps[s][r] * 1e3:.1f} ms/step" for s in steps), flush=True)
     finally:
         for proc in workers.values():
             proc.stdin.close()

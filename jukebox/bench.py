@@ -23,6 +23,7 @@ are printed too.
 """
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -235,17 +236,31 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     if deep:
         deep = min(deep, model.input_dims - tokens - 2)
         prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
-        deep_steps, start_steps = [], []
-        for _ in range(max(repeats, 1)):
-            timer, _ = sample(1, prefix, deep + tokens + 2, deep_chunk)
-            deep_steps += timer.step_times()
-            timer, _ = sample(1, sample_tokens=tokens + 2)
-            start_steps += timer.step_times()
-        deep_step, start_step = statistics.median(deep_steps), statistics.median(start_steps)
+        runs = dict(deep=functools.partial(sample, 1, prefix, deep + tokens + 2, deep_chunk),
+                    start=functools.partial(sample, 1, sample_tokens=tokens + 2))
+        timed = _alternating(runs, max(repeats, 1), warm_up=False)
+        deep_step, start_step = (statistics.median(_step_times(timed[name])) for name in runs)
         out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
         log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
             f"{deep_step / start_step:.2f}x the step near the start ({start_step * 1e3:.1f} ms, timed alternately)")
     return out
+
+
+def _alternating(runs: dict, repeats: int, warm_up: bool = True) -> dict:
+    """``{name: [runs[name]() of each round]}`` over ``repeats`` rounds, each calling every run in turn (so that
+    a drift of a shared machine falls on all of them alike), after an untimed round with ``warm_up``."""
+    results: dict = {name: [] for name in runs}
+    for r in range(repeats + warm_up):
+        for name, run in runs.items():
+            value = run()
+            if r or not warm_up:
+                results[name].append(value)
+    return results
+
+
+def _step_times(timed: list) -> list[float]:
+    """The step times of every ``(timer, total)`` of ``sample`` runs, together."""
+    return [t for timer, _ in timed for t in timer.step_times()]
 
 
 def _ms_list(times: dict) -> str:
@@ -256,13 +271,8 @@ def _time_backends(sample, n: int, tokens: int, repeats: int, floor: float, weig
     """Steps of every CPU backend that runs here, forced in turn: alternating rounds after a warm-up round,
     medians. Returns ``{name: seconds per step}``."""
     names = [name for name, b in cpu_backends.BACKENDS.items() if b.missing() is None]
-    steps: dict = {name: [] for name in names}
-    for r in range(repeats + 1):
-        for name in names:
-            timer, _ = sample(n, sample_tokens=tokens + 2, cpu_backend=name)
-            if r:
-                steps[name] += timer.step_times()
-    medians = {name: statistics.median(times) for name, times in steps.items()}
+    runs = {name: functools.partial(sample, n, sample_tokens=tokens + 2, cpu_backend=name) for name in names}
+    medians = {name: statistics.median(_step_times(timed)) for name, timed in _alternating(runs, repeats).items()}
     exact = {name: cpu_backends.BACKENDS[name].exact(weights) for name in names}
     log("    every backend: " + ", ".join(
         f"{name} {t * 1e3:.1f} ms ({t / floor:.2f}x{'' if exact[name] else ', not exact'})"
@@ -275,15 +285,12 @@ def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generato
     """Priming ``prime_tokens`` known tokens in chunks, then ``new_tokens`` new ones (medians over repeats); with
     ``opt_in``, the name of an inexact CPU backend, priming through it too (alternating with the default)."""
     prefix = torch.randint(model.bins, (n, prime_tokens), generator=g).to(dev)
-    runs = {None: ([], [])} | ({opt_in: ([], [])} if opt_in else {})
-    for r in range(repeats + 1):
-        for name, (primes, news) in runs.items():
-            timer, total = sample(n, prefix, prime_tokens + new_tokens, chunk_size,
-                                  **({"cpu_backend": name} if name else {}))
-            if r:
-                primes.append(timer.prime_time())
-                news.append(total - primes[-1])
-    for name, (primes, news) in runs.items():
+    names = [None] + ([opt_in] if opt_in else [])
+    runs = {name: functools.partial(sample, n, prefix, prime_tokens + new_tokens, chunk_size,
+                                    **({"cpu_backend": name} if name else {})) for name in names}
+    for name, timed in _alternating(runs, repeats).items():
+        primes = [timer.prime_time() for timer, _ in timed]
+        news = [total - timer.prime_time() for timer, total in timed]
         prime_s, new_s = statistics.median(primes), statistics.median(news)
         res = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
                    tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
