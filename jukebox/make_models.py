@@ -21,7 +21,7 @@ from jukebox.utils.checkpoint import (
     state_dict_problems,
     strip_module_prefix,
 )
-from jukebox.utils.dist_utils import print_all, print_once
+from jukebox.utils.dist_utils import print_once
 from jukebox.utils.hub import is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
 from jukebox.utils.remote import resolve_path
@@ -306,18 +306,8 @@ def make_labeller(prior: nn.Module, ids_dir: str | os.PathLike | None = None,
     cannot be had and ``hub_repo`` is given, the hub repository's tables are used instead."""
     if not prior.y_cond:
         return EmptyLabeller()
-
-    def labeller(ids: str | os.PathLike | None) -> Labeller:
-        return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
-                        ids_dir=ids)
-
-    if ids_dir is not None or not hub_repo or os.environ.get("JUKEBOX_IDS_DIR"):
-        return labeller(ids_dir)
-    try:
-        return labeller(None)
-    except FileNotFoundError as e:
-        print_all(f"labels: the original's artist/genre tables failed: {e}; trying hf://{hub_repo}")
-        return labeller(f"hf://{hub_repo}")
+    return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
+                    ids_dir=ids_dir, hub_repo=hub_repo)
 
 
 class LazyPrior:

@@ -276,6 +276,24 @@ def test_hub_tables_give_the_original_tables_ids(tiny, hub, registered):
     assert lazy.labeller.ag_processor.artist_id_file.name == "artists.json"
 
 
+def test_labels_fall_back_to_the_hub_tables_when_the_released_ones_cannot_be_had(tiny, hub, registered,
+                                                                                   monkeypatch, capsys):
+    monkeypatch.delenv("JUKEBOX_IDS_DIR", raising=False)  # the released tables: not cached, and not on their server
+    monkeypatch.setenv("JUKEBOX_IDS_URL", hub.url + "/ids/")
+    with pytest.raises(FileNotFoundError, match="Downloading them failed"):
+        ArtistGenreProcessor(True)
+    assert ArtistGenreProcessor(True, hub_repo=REPO).artist_id_file.name == "artists.json"
+    out = capsys.readouterr().out
+    assert "labels: the original's artist/genre tables failed: " in out and f"trying hf://{REPO}" in out
+    # A released model's prior falls back to its hub repository unless the weights' source excludes the hub.
+    hps = setup_hparams("", dict(sample_length=512))
+    lazy = make_models.make_model("tiny_test", "cpu", hps, levels=[2])[1][0]
+    assert lazy.labeller.ag_processor.artist_id_file.name == "artists.json"
+    lazy = make_models.make_model("tiny_test", "cpu", hps, levels=[2], weights_source="openai")[1][0]
+    with pytest.raises(FileNotFoundError, match="artist id table not found"):
+        _ = lazy.labeller
+
+
 def test_download_command_fetches_checks_and_lists(tiny, hub, registered, capsys, monkeypatch):
     download.run(model=f"hf://{REPO}")
     out = capsys.readouterr().out
