@@ -447,8 +447,8 @@ def model_name(model: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _folder_model(folder: str) -> str:
-    """The ``MODELS`` entry whose VQ-VAE and top prior the port checkpoint in ``folder`` fits (shapes only: the
-    tensors are memory-mapped, not read)."""
+    """The ``MODELS`` entry whose VQ-VAE and top prior the port checkpoint in ``folder`` fits (shapes only, from
+    the shards' metadata: no tensor data is read; see ``PortCheckpoint.shape``)."""
     checkpoint = open_port_folder(local_fetch(folder), folder)
     for name, sets in MODELS.items():
         vqvae_hps = setup_hparams(sets[0], {})
@@ -469,7 +469,7 @@ def _fits(checkpoint: PortCheckpoint, module: nn.Module) -> bool:
     if not keys:
         return False
     try:
-        _from_transformers({k: _ShapeOnly(checkpoint[k].shape) for k in keys}, module, checkpoint.where)
+        _from_transformers({k: _ShapeOnly(checkpoint.shape(k)) for k in keys}, module, checkpoint.where)
     except CheckpointError:
         return False
     return True
