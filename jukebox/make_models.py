@@ -166,13 +166,16 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
 
 
 def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu",
-               checkpoint: Mapping[str, Any] | None = None, encode_only: bool = False) -> nn.Module:
+               checkpoint: Mapping[str, Any] | None = None, encode_only: bool = False,
+               full_depth: int | None = None) -> nn.Module:
     """The prior (or upsampler) of level ``hps.level`` on top of ``vqvae``, restored from
     ``hps.restore_prior`` if set (``checkpoint``: its contents when the caller has read them already with
     :func:`read_checkpoint`).
 
     ``encode_only``: built without the output layer (``x_out``), for its activations only; it then also loads the
     checkpoint of a deeper prior of the same hps, keeping its first ``hps.prior_depth`` blocks (:func:`encoder_part`).
+    ``full_depth``: the depth of that deeper prior (default ``hps.prior_depth``), whose residual scale
+    (``hps.res_scale``: ``1 / depth``) the blocks keep.
 
     Its windows are ``hps.n_ctx`` tokens; the other levels' code shapes scale with it. With
     ``hps.fp16_params`` the transformer's linear weights are stored in float16, except when training
@@ -191,7 +194,8 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
         resid_dropout=hps.resid_dropout, emb_dropout=hps.emb_dropout, zero_out=hps.zero_out,
         res_scale=hps.res_scale, pos_init=hps.pos_init, init_scale=hps.init_scale, m_attn=hps.m_attn,
         m_mlp=hps.m_mlp, checkpoint_res=hps.c_res if hps.train else 0,
-        checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0)
+        checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0,
+        full_depth=full_depth)
     if encode_only:
         prior_kwargs["only_encode"] = True
     # cond_c_res also decides the module names of the conditioner's residual stacks (blocks vs model).
@@ -319,12 +323,15 @@ class LazyPrior:
     as they come (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
     ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use
     (default: the tables of the weights' source). ``origin``: the other sources of a released prior.
-    ``encode_only``: see :func:`make_prior`.
+    ``encode_only``, ``full_depth``: see :func:`make_prior`.
     """
 
-    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE, encode_only: bool = False) -> None:
-        self.hps, self.vqvae, self.origin, self.encode_only = hps, vqvae, origin, encode_only
-        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta", encode_only=encode_only)
+    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE, encode_only: bool = False,
+                 full_depth: int | None = None) -> None:
+        self.hps, self.vqvae, self.origin = hps, vqvae, origin
+        self.encode_only, self.full_depth = encode_only, full_depth
+        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta", encode_only=encode_only,
+                                 full_depth=full_depth)
         self.tied = _tied_groups(self.module)
         self.device: torch.device | None = None
         self.ids_dir: str | os.PathLike | None = None
@@ -359,7 +366,7 @@ class LazyPrior:
             return self.module.to(device)
         if not self.hps.restore_prior:
             print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
-            fresh = make_prior(self.hps, self.vqvae, "cpu", encode_only=self.encode_only)
+            fresh = make_prior(self.hps, self.vqvae, "cpu", encode_only=self.encode_only, full_depth=self.full_depth)
             fresh.labeller = self.module.labeller
             self.module = fresh
         else:
@@ -501,7 +508,8 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
     ``hps`` gives ``sample_length`` or ``sample_length_in_seconds``; ``hps.sample_length`` is set to the VQ-VAE's
     (rounded to a multiple of the top hop). levels: which priors to return (indices into the model's levels,
     negative ones from the top; default all, bottom first). ``prior_overrides``: hparams set on each prior's;
-    ``encode_only``: the priors are built for their activations only (see :func:`make_prior`).
+    ``encode_only``: the priors are built for their activations only (see :func:`make_prior`); a ``prior_depth``
+    among ``prior_overrides`` then builds the first blocks of each, with the residual scale of its full depth.
     """
     name, ref = resolve_model(model)
     source = check_source(weights_source)
@@ -513,6 +521,7 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
     hps.sample_length = vqvae.sample_length
     levels = range(len(prior_names)) if levels is None else levels
     overrides = {**(prior_overrides or {}), **({"restore_prior": ref} if ref else {})}
-    priors = [LazyPrior(setup_hparams(prior_names[level], overrides), vqvae, origin, encode_only)
+    priors = [LazyPrior(setup_hparams(prior_names[level], overrides), vqvae, origin, encode_only,
+                        setup_hparams(prior_names[level], {}).prior_depth if encode_only else None)
               for level in levels]
     return vqvae, priors
