@@ -23,14 +23,7 @@ from jukebox.utils.dist_utils import print_once
 from jukebox.utils.hub import hub_cache_dir, hub_file_metadata, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_legacy_torch_file
 from jukebox.utils.remote import DownloadError, cache_dir, sha256_of
-from jukebox.utils.sources import (
-    HUB_REPOS,
-    Origin,
-    check_source,
-    label_tables_source,
-    locate_weights,
-    model_origin,
-)
+from jukebox.utils.sources import HUB_REPOS, Origin, check_source, label_tables_source, locate_weights, model_origin
 from jukebox.utils.transformers_format import transformers_prefix
 
 __all__ = ["run", "main"]
