@@ -55,7 +55,8 @@ def random_model(model: str, depth: int, device: torch.device) -> EmbeddingModel
     vq_hps = setup_hparams(vqvae_name, dict(restore_vqvae=""))
     vq_hps.sample_length = prior_hps.n_ctx * calculate_hop_lengths(vq_hps.strides_t, vq_hps.downs_t)[-1]
     vqvae = make_vqvae(vq_hps, device)
-    prior = make_prior(Hyperparams(prior_hps), vqvae, "meta", encode_only=True).to_empty(device=device)
+    prior = make_prior(Hyperparams(prior_hps), vqvae, "meta", encode_only=True,
+                       full_depth=prior_depth(model)).to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, param in prior.named_parameters():

@@ -23,7 +23,7 @@ from jukebox.utils.dist_utils import print_once
 from jukebox.utils.hub import hub_cache_dir, hub_file_metadata, is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_legacy_torch_file
 from jukebox.utils.remote import DownloadError, cache_dir, sha256_of
-from jukebox.utils.sources import HUB_REPOS, Origin, check_source, locate_weights, model_origin
+from jukebox.utils.sources import HUB_REPOS, Origin, check_source, label_tables_source, locate_weights, model_origin
 from jukebox.utils.transformers_format import transformers_prefix
 
 __all__ = ["run", "main"]
@@ -94,7 +94,9 @@ def _fetch_part(label: str, ref: str, prefix: str, origin: Origin, checked: dict
 
 
 def _fetch_tables(versions: set[bool], ref: str, origin: Origin) -> None:
-    hub = ref if is_hub_uri(ref) else (f"hf://{origin.hub_repo}" if origin.source == "hf" else "")
+    """Fetch and check the artist/genre tables of weights ``ref`` (a released model's, or a hub repository's): the
+    hub's where sampling would read those, else the original's of each vocabulary version in ``versions``."""
+    hub = label_tables_source(ref, origin)
     if hub:
         folder = hub_tables_dir(hub)
         for name in HUB_TABLES.values():

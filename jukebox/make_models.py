@@ -21,7 +21,7 @@ from jukebox.utils.checkpoint import (
     state_dict_problems,
     strip_module_prefix,
 )
-from jukebox.utils.dist_utils import print_all, print_once
+from jukebox.utils.dist_utils import print_once
 from jukebox.utils.hub import is_hub_uri, parse_hub_uri
 from jukebox.utils.port_checkpoint import PortCheckpoint, is_port_folder, local_fetch, open_port_folder
 from jukebox.utils.remote import resolve_path
@@ -166,13 +166,16 @@ def make_vqvae(hps: Hyperparams, device: str | torch.device = "cpu",
 
 
 def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu",
-               checkpoint: Mapping[str, Any] | None = None, encode_only: bool = False) -> nn.Module:
+               checkpoint: Mapping[str, Any] | None = None, encode_only: bool = False,
+               full_depth: int | None = None) -> nn.Module:
     """The prior (or upsampler) of level ``hps.level`` on top of ``vqvae``, restored from
     ``hps.restore_prior`` if set (``checkpoint``: its contents when the caller has read them already with
     :func:`read_checkpoint`).
 
     ``encode_only``: built without the output layer (``x_out``), for its activations only; it then also loads the
     checkpoint of a deeper prior of the same hps, keeping its first ``hps.prior_depth`` blocks (:func:`encoder_part`).
+    ``full_depth``: the depth of that deeper prior (default ``hps.prior_depth``), whose residual scale
+    (``hps.res_scale``: ``1 / depth``) the blocks keep.
 
     Its windows are ``hps.n_ctx`` tokens; the other levels' code shapes scale with it. With
     ``hps.fp16_params`` the transformer's linear weights are stored in float16, except when training
@@ -191,7 +194,8 @@ def make_prior(hps: Hyperparams, vqvae: VQVAE, device: str | torch.device = "cpu
         resid_dropout=hps.resid_dropout, emb_dropout=hps.emb_dropout, zero_out=hps.zero_out,
         res_scale=hps.res_scale, pos_init=hps.pos_init, init_scale=hps.init_scale, m_attn=hps.m_attn,
         m_mlp=hps.m_mlp, checkpoint_res=hps.c_res if hps.train else 0,
-        checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0)
+        checkpoint_attn=hps.c_attn if hps.train else 0, checkpoint_mlp=hps.c_mlp if hps.train else 0,
+        full_depth=full_depth)
     if encode_only:
         prior_kwargs["only_encode"] = True
     # cond_c_res also decides the module names of the conditioner's residual stacks (blocks vs model).
@@ -306,18 +310,8 @@ def make_labeller(prior: nn.Module, ids_dir: str | os.PathLike | None = None,
     cannot be had and ``hub_repo`` is given, the hub repository's tables are used instead."""
     if not prior.y_cond:
         return EmptyLabeller()
-
-    def labeller(ids: str | os.PathLike | None) -> Labeller:
-        return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
-                        ids_dir=ids)
-
-    if ids_dir is not None or not hub_repo or os.environ.get("JUKEBOX_IDS_DIR"):
-        return labeller(ids_dir)
-    try:
-        return labeller(None)
-    except FileNotFoundError as e:
-        print_all(f"labels: the original's artist/genre tables failed: {e}; trying hf://{hub_repo}")
-        return labeller(f"hf://{hub_repo}")
+    return Labeller(prior.y_emb.max_bow_genre_size, prior.n_tokens, prior.sample_length, v3=prior.labels_v3,
+                    ids_dir=ids_dir, hub_repo=hub_repo)
 
 
 class LazyPrior:
@@ -329,12 +323,15 @@ class LazyPrior:
     as they come (memory-mapped where possible, so host memory peaks at about one prior), then moves it to ``device``;
     ``unload()`` returns it to shapes only. ``labeller`` is made from the id tables in ``ids_dir`` on first use
     (default: the tables of the weights' source). ``origin``: the other sources of a released prior.
-    ``encode_only``: see :func:`make_prior`.
+    ``encode_only``, ``full_depth``: see :func:`make_prior`.
     """
 
-    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE, encode_only: bool = False) -> None:
-        self.hps, self.vqvae, self.origin, self.encode_only = hps, vqvae, origin, encode_only
-        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta", encode_only=encode_only)
+    def __init__(self, hps: Hyperparams, vqvae: VQVAE, origin: Origin = ANY_SOURCE, encode_only: bool = False,
+                 full_depth: int | None = None) -> None:
+        self.hps, self.vqvae, self.origin = hps, vqvae, origin
+        self.encode_only, self.full_depth = encode_only, full_depth
+        self.module = make_prior(Hyperparams({**hps, "restore_prior": ""}), vqvae, "meta", encode_only=encode_only,
+                                 full_depth=full_depth)
         self.tied = _tied_groups(self.module)
         self.device: torch.device | None = None
         self.ids_dir: str | os.PathLike | None = None
@@ -369,7 +366,7 @@ class LazyPrior:
             return self.module.to(device)
         if not self.hps.restore_prior:
             print_once(f"Level {self.module.level} prior has no restore_prior: using random weights")
-            fresh = make_prior(self.hps, self.vqvae, "cpu", encode_only=self.encode_only)
+            fresh = make_prior(self.hps, self.vqvae, "cpu", encode_only=self.encode_only, full_depth=self.full_depth)
             fresh.labeller = self.module.labeller
             self.module = fresh
         else:
@@ -457,8 +454,8 @@ def model_name(model: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _folder_model(folder: str) -> str:
-    """The ``MODELS`` entry whose VQ-VAE and top prior the port checkpoint in ``folder`` fits (shapes only: the
-    tensors are memory-mapped, not read)."""
+    """The ``MODELS`` entry whose VQ-VAE and top prior the port checkpoint in ``folder`` fits (shapes only, from
+    the shards' metadata: no tensor data is read; see ``PortCheckpoint.shape``)."""
     checkpoint = open_port_folder(local_fetch(folder), folder)
     for name, sets in MODELS.items():
         vqvae_hps = setup_hparams(sets[0], {})
@@ -479,7 +476,7 @@ def _fits(checkpoint: PortCheckpoint, module: nn.Module) -> bool:
     if not keys:
         return False
     try:
-        _from_transformers({k: _ShapeOnly(checkpoint[k].shape) for k in keys}, module, checkpoint.where)
+        _from_transformers({k: _ShapeOnly(checkpoint.shape(k)) for k in keys}, module, checkpoint.where)
     except CheckpointError:
         return False
     return True
@@ -511,7 +508,8 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
     ``hps`` gives ``sample_length`` or ``sample_length_in_seconds``; ``hps.sample_length`` is set to the VQ-VAE's
     (rounded to a multiple of the top hop). levels: which priors to return (indices into the model's levels,
     negative ones from the top; default all, bottom first). ``prior_overrides``: hparams set on each prior's;
-    ``encode_only``: the priors are built for their activations only (see :func:`make_prior`).
+    ``encode_only``: the priors are built for their activations only (see :func:`make_prior`); a ``prior_depth``
+    among ``prior_overrides`` then builds the first blocks of each, with the residual scale of its full depth.
     """
     name, ref = resolve_model(model)
     source = check_source(weights_source)
@@ -523,6 +521,7 @@ def make_model(model: str, device: str | torch.device, hps: Hyperparams, levels:
     hps.sample_length = vqvae.sample_length
     levels = range(len(prior_names)) if levels is None else levels
     overrides = {**(prior_overrides or {}), **({"restore_prior": ref} if ref else {})}
-    priors = [LazyPrior(setup_hparams(prior_names[level], overrides), vqvae, origin, encode_only)
+    priors = [LazyPrior(setup_hparams(prior_names[level], overrides), vqvae, origin, encode_only,
+                        setup_hparams(prior_names[level], {}).prior_depth if encode_only else None)
               for level in levels]
     return vqvae, priors

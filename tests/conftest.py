@@ -69,13 +69,9 @@ def randomize_weights(module: torch.nn.Module, seed: int) -> None:
 def _calibration_cache(tmp_path_factory):
     """CPU step plans calibrate their backend once per shape (jukebox.inference.cpu_backends): into a file of
     the test session, not the user's cache."""
-    previous = os.environ.get("JUKEBOX_CPU_CALIBRATION")
-    os.environ["JUKEBOX_CPU_CALIBRATION"] = str(tmp_path_factory.mktemp("calibration") / "cpu_backends.json")
-    yield
-    if previous is None:
-        os.environ.pop("JUKEBOX_CPU_CALIBRATION", None)
-    else:
-        os.environ["JUKEBOX_CPU_CALIBRATION"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUKEBOX_CPU_CALIBRATION", str(tmp_path_factory.mktemp("calibration") / "cpu_backends.json"))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from jukebox.embed import Embedder, EmbeddingModel, Recipe, load_embedding_model
 from jukebox.embed.embedder import resample_frames
 from jukebox.embed.recipe import prepare_audio, read_clip, split_windows
 from jukebox.hparams import setup_hparams
-from jukebox.make_models import make_prior, make_vqvae
+from jukebox.make_models import make_model, make_prior, make_vqvae
 from jukebox.transformer.patterns import AttentionPattern
 from jukebox.utils.checkpoint import CheckpointError, save_checkpoint
 from jukebox.utils.io import load_audio
@@ -165,6 +165,29 @@ def test_truncated_prior_still_refuses_a_checkpoint_that_lacks_its_tensors(tmp_p
     save_checkpoint(path, dict(model=full.state_dict(), step=0))
     part = make_prior(setup_hparams("", dict(hps, prior_depth=3, restore_prior=str(path))), vqvae, encode_only=True)
     assert len(part.prior.transformer._attn_mods) == 3
+
+
+def test_truncated_prior_keeps_the_residual_scale_of_its_full_depth(tmp_path):
+    vqvae = _vqvae()
+    hps = setup_hparams("", dict(LABELLED, res_scale=True))
+    full = make_prior(hps, vqvae)
+    randomize_weights(full, seed=1)
+    path = tmp_path / "prior.pth.tar"
+    save_checkpoint(path, dict(model=full.state_dict(), step=0))
+    part = make_prior(setup_hparams("", dict(hps, prior_depth=3, restore_prior=str(path))), vqvae, encode_only=True,
+                      full_depth=6)
+    assert [block.res_scale for block in part.prior.transformer._attn_mods] == [1 / 6] * 3
+    models = [EmbeddingModel("labelled", vqvae, prior, SR) for prior in (part, full)]
+    for model in models:
+        model.prior.labeller = _labeller(model.prior)
+    audio = _audio(0.3)
+    got, want = (Embedder(model, 3, pool="none", recipe=RECIPE)(audio) for model in models)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # make_model builds an encode-only prior of fewer blocks with its model's full depth (16 blocks).
+    with tiny_model.tiny_model(tmp_path):
+        _, (lazy,) = make_model("tiny_test", "cpu", setup_hparams("", dict(sample_length=512)), levels=[-1],
+                                prior_overrides={"prior_depth": 4, "res_scale": True}, encode_only=True)
+    assert [block.res_scale for block in lazy.module.prior.transformer._attn_mods] == [1 / 16] * 4
 
 
 def test_all_windows_average_their_pooled_vectors_by_valid_frames():

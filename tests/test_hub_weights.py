@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -276,6 +277,24 @@ def test_hub_tables_give_the_original_tables_ids(tiny, hub, registered):
     assert lazy.labeller.ag_processor.artist_id_file.name == "artists.json"
 
 
+def test_labels_fall_back_to_the_hub_tables_when_the_released_ones_cannot_be_had(tiny, hub, registered,
+                                                                                   monkeypatch, capsys):
+    monkeypatch.delenv("JUKEBOX_IDS_DIR", raising=False)  # the released tables: not cached, and not on their server
+    monkeypatch.setenv("JUKEBOX_IDS_URL", hub.url + "/ids/")
+    with pytest.raises(FileNotFoundError, match="Downloading them failed"):
+        ArtistGenreProcessor(True)
+    assert ArtistGenreProcessor(True, hub_repo=REPO).artist_id_file.name == "artists.json"
+    out = capsys.readouterr().out
+    assert "labels: the original's artist/genre tables failed: " in out and f"trying hf://{REPO}" in out
+    # A released model's prior falls back to its hub repository unless the weights' source excludes the hub.
+    hps = setup_hparams("", dict(sample_length=512))
+    lazy = make_models.make_model("tiny_test", "cpu", hps, levels=[2])[1][0]
+    assert lazy.labeller.ag_processor.artist_id_file.name == "artists.json"
+    lazy = make_models.make_model("tiny_test", "cpu", hps, levels=[2], weights_source="openai")[1][0]
+    with pytest.raises(FileNotFoundError, match="artist id table not found"):
+        _ = lazy.labeller
+
+
 def test_download_command_fetches_checks_and_lists(tiny, hub, registered, capsys, monkeypatch):
     download.run(model=f"hf://{REPO}")
     out = capsys.readouterr().out
@@ -311,17 +330,23 @@ def test_bad_weights_source_is_one_line(capsys):
         sample.main(["--model=1b_lyrics", "--name=unused", "--weights_source=nope"])
 
 
-def test_safetensors_shards_are_read_lazily_and_checked(tiny, tmp_path, registered, monkeypatch):
+def _safetensors_folder(folder: Path, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Write ``state`` to ``folder`` as a 3-shard safetensors port checkpoint (shards as in ``SHARDS``); returns the
+    shard file of each part prefix."""
     from safetensors.torch import save_file
 
-    folder = tmp_path / "st"
     folder.mkdir()
-    state = to_transformers_state_dict(tiny["parts"][0], tiny["parts"][1:])
     names = {p: f"model-{k:05d}-of-00003.safetensors" for p, k in SHARDS.items()}
     weight_map = {key: next(n for p, n in names.items() if key.startswith(p)) for key in state}
     for name in set(names.values()):
         save_file({k: v.clone().contiguous() for k, v in state.items() if weight_map[k] == name}, folder / name)
     (folder / "model.safetensors.index.json").write_text(json.dumps(dict(weight_map=weight_map)))
+    return names
+
+
+def test_safetensors_shards_are_read_lazily_and_checked(tiny, tmp_path, registered, monkeypatch):
+    folder = tmp_path / "st"
+    names = _safetensors_folder(folder, to_transformers_state_dict(tiny["parts"][0], tiny["parts"][1:]))
     opened = _opened(monkeypatch)
     vqvae = make_models.make_vqvae(setup_hparams("tiny_vqvae", dict(sample_length=512, restore_vqvae=str(folder))),
                                    "cpu")
@@ -333,3 +358,20 @@ def test_safetensors_shards_are_read_lazily_and_checked(tiny, tmp_path, register
     lazy = make_models.LazyPrior(setup_hparams("tiny_upsampler_1", dict(restore_prior=str(folder))), vqvae)
     with pytest.raises(CheckpointError, match=rf"shard .*{names['priors.1.']} is truncated or corrupt"):
         lazy.load("cpu")
+
+
+def test_a_folder_is_recognised_by_its_tensor_shapes_alone(tiny, tmp_path, registered, monkeypatch):
+    state = to_transformers_state_dict(tiny["parts"][0], tiny["parts"][1:])
+    _safetensors_folder(tmp_path / "fits", state)
+    key = next(k for k in state if k.startswith("priors.0.") and state[k].dim() == 2)  # of the top prior
+    _safetensors_folder(tmp_path / "misfits", {**state, key: state[key][:, :-1]})
+    shutil.copytree(tiny["folder"], tmp_path / "bin")
+
+    def no_reading(self, key: str):
+        raise AssertionError(f"{key} was read to recognise its folder")
+
+    monkeypatch.setattr(port_checkpoint.PortCheckpoint, "__getitem__", no_reading)
+    for name in ("fits", "bin"):
+        assert make_models.resolve_model(str(tmp_path / name)) == ("tiny_test", str(tmp_path / name))
+    with pytest.raises(CheckpointError, match="misfits fits none of the models"):
+        make_models.resolve_model(str(tmp_path / "misfits"))

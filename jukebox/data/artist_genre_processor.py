@@ -25,7 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from jukebox.utils.atomic import atomic_write
-from jukebox.utils.hub import is_hub_uri
+from jukebox.utils.dist_utils import print_all
+from jukebox.utils.hub import HubRepo, is_hub_uri
 from jukebox.utils.remote import DownloadError, cache_dir, fetch_to
 
 # The released tables are part of the original repository, not of the weights' storage.
@@ -154,25 +155,39 @@ class ArtistGenreProcessor:
 
     ids_dir: folder holding ``{v2,v3}_artist_ids.txt`` and ``{v2,v3}_genre_ids.txt`` (or the hub's
     ``artists.json`` and ``genres.json``), or ``hf://owner/name[@revision]``; see ``default_ids_dir``.
+    hub_repo: a hub repository (``owner/name``) whose tables are read instead when neither ``ids_dir`` nor
+    ``$JUKEBOX_IDS_DIR`` is given and the released tables cannot be had.
     Names missing from a table map to id 0 (unknown) with one warning per name.
     """
 
-    def __init__(self, v3: bool = False, ids_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, v3: bool = False, ids_dir: str | os.PathLike | None = None, hub_repo: str = "") -> None:
         self.v3 = v3
+        released = ids_dir is None and not os.environ.get("JUKEBOX_IDS_DIR")
+        try:
+            self._load(ids_dir, released)
+        except FileNotFoundError as e:
+            if not (released and hub_repo):
+                raise
+            hub = HubRepo(hub_repo).uri
+            print_all(f"labels: the original's artist/genre tables failed: {e}; trying {hub}")
+            self._load(hub, False)
+        self.artists = reverse_table(self.artist_ids)
+        self.genres = reverse_table(self.genre_ids)
+        self._warned: set[tuple[str, str]] = set()
+
+    def _load(self, ids_dir: str | os.PathLike | None, released: bool) -> None:
+        """Read both tables from ``ids_dir`` (``released``: the released ones, downloaded first if need be)."""
         fetch_problem = ""
         if is_hub_uri(ids_dir):
             ids_dir = hub_tables_dir(ids_dir)
-        elif ids_dir is None and not os.environ.get("JUKEBOX_IDS_DIR"):
+        elif released:
             try:  # the released tables, cached beside the downloaded weights
-                fetch_released_tables(v3)
+                fetch_released_tables(self.v3)
             except DownloadError as e:
                 fetch_problem = f" Downloading them failed: {e}."
         self.ids_dir = Path(ids_dir) if ids_dir is not None else default_ids_dir()
         self.artist_id_file, self.artist_ids = self._read(self.ids_dir, "artist", fetch_problem)
         self.genre_id_file, self.genre_ids = self._read(self.ids_dir, "genre", fetch_problem)
-        self.artists = reverse_table(self.artist_ids)
-        self.genres = reverse_table(self.genre_ids)
-        self._warned: set[tuple[str, str]] = set()
 
     def _read(self, ids_dir: Path, kind: str, fetch_problem: str) -> tuple[Path, dict[str, int]]:
         """(path, name -> id) of one table, from the original's layout or else the hub's."""

@@ -44,11 +44,12 @@ class Labeller:
 
     max_genre_words: genre id slots (5 for v2, 1 for v3); n_tokens: lyric tokens in y (even; 0 for none);
     sample_length: audio samples a window of the prior covers; v3: the 1b_lyrics vocabularies;
-    ids_dir: where the id tables are (see ``artist_genre_processor.default_ids_dir``).
+    ids_dir: where the id tables are (see ``artist_genre_processor.default_ids_dir``); hub_repo: the hub repository
+    whose tables stand in for the released ones when those cannot be had (see ``ArtistGenreProcessor``).
     """
 
     def __init__(self, max_genre_words: int, n_tokens: int, sample_length: int, v3: bool = False,
-                 ids_dir: str | os.PathLike | None = None) -> None:
+                 ids_dir: str | os.PathLike | None = None, hub_repo: str = "") -> None:
         if n_tokens < 0 or n_tokens % 2:
             raise ValueError(
                 f"n_tokens={n_tokens}: only even, non-negative numbers of lyric tokens work (the lyric window "
@@ -57,7 +58,7 @@ class Labeller:
             )
         if max_genre_words < 1:
             raise ValueError(f"max_genre_words must be at least 1, got {max_genre_words}")
-        self.ag_processor = ArtistGenreProcessor(v3, ids_dir)
+        self.ag_processor = ArtistGenreProcessor(v3, ids_dir, hub_repo)
         self.text_processor = TextProcessor(v3)
         self.max_genre_words = max_genre_words
         self.n_tokens = n_tokens

@@ -162,19 +162,12 @@ class Embedder:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         try:
             with torch.no_grad(), autocast:
-                x_cond, y_cond, prime = prior.get_cond(None, y)
-                if prior.copy_input:
-                    prime = z[:, :prior.n_tokens]
-                skip, tokens, encoder_kv = 0, z, None
-                if prior.single_enc_dec:  # lyric tokens (empty lyrics: padding) in front of the music tokens
-                    tokens, x_cond = prior.prior_preprocess([prime, z], [None, x_cond])
-                    skip = prior.n_tokens
-                else:
-                    encoder_kv = prior.get_encoder_kv(prime, fp16=self.fp16)
+                tokens, x_cond, y_cond, encoder_kv, _ = prior.transformer_inputs(z, None, y, fp16=self.fp16)
                 ar.activations(tokens, x_cond, y_cond, encoder_kv, fp16=self.fp16)
         finally:
             for hook in hooks:
                 hook.remove()
+        skip = prior.n_tokens if prior.single_enc_dec else 0  # lyric tokens (empty: padding) before the music
         return {layer: ar.add_output_cond(outputs[layer].float(), x_cond)[:, skip:] for layer in self.layers}
 
     # ------------------------------------------------------------------------------------------------- clips

@@ -57,7 +57,4 @@ def load_embedding_model(model: str, depth: int, device: str | torch.device, ids
     lazy.ids_dir = ids_dir
     prior = lazy.load(device)
     prior.labeller = lazy.labeller
-    if prior_hps.res_scale:  # each block's residual scale is 1 / the full depth, not 1 / the blocks built
-        for block in prior.prior.transformer._attn_mods:
-            block.res_scale = 1.0 / full_depth
     return EmbeddingModel(model, vqvae, prior, int(vq_hps.sr))

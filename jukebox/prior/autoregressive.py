@@ -63,7 +63,8 @@ class ConditionalAutoregressive2D(nn.Module):
     ``merged_decoder``, to the output) of the transformer. y_cond: ``(N, 1, width)`` that takes
     the place of the learned start token. encoder_dims / prime_len: lengths of the lyric
     sequence of encoder-decoder attention (separate encoder) or prime attention (one merged
-    sequence). only_encode: return the activations, with no output layer.
+    sequence). only_encode: return the activations, with no output layer. full_depth: the depth of the prior
+    whose first ``depth`` blocks this one holds (its residual scale; see ``Transformer``).
     """
 
     def __init__(self, input_shape: tuple[int, ...], bins: int, width: int = 128, depth: int = 2, heads: int = 1,
@@ -72,7 +73,7 @@ class ConditionalAutoregressive2D(nn.Module):
                  m_attn: float = 0.25, m_mlp: float = 1.0, checkpoint_res: int = 0, checkpoint_attn: int = 0,
                  checkpoint_mlp: int = 0, attn_order: int = 0, blocks: int | None = None, spread: int | None = None,
                  x_cond: bool = False, y_cond: bool = False, encoder_dims: int = 0, only_encode: bool = False,
-                 merged_decoder: bool = False, prime_len: int | None = None) -> None:
+                 merged_decoder: bool = False, prime_len: int | None = None, full_depth: int | None = None) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.input_dims = int(np.prod(input_shape))
@@ -97,7 +98,8 @@ class ConditionalAutoregressive2D(nn.Module):
             resid_dropout=resid_dropout, afn="quick_gelu", scale=True, mask=mask, zero_out=zero_out,
             init_scale=init_scale, res_scale=res_scale, m_attn=m_attn, m_mlp=m_mlp,
             checkpoint_attn=checkpoint_attn, checkpoint_mlp=checkpoint_mlp, checkpoint_res=checkpoint_res,
-            attn_order=attn_order, blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len)
+            attn_order=attn_order, blocks=blocks, spread=spread, encoder_dims=encoder_dims, prime_len=prime_len,
+            full_depth=full_depth)
 
         self.only_encode = only_encode
         self.prime_len = prime_len

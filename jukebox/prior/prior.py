@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +28,23 @@ from jukebox.transformer.ops import Conv1D, LayerNorm
 from jukebox.utils.dist_utils import print_once
 from jukebox.vqvae.vqvae import calculate_strides
 
-__all__ = ["SimplePrior"]
+__all__ = ["SimplePrior", "TransformerInputs"]
+
+
+class TransformerInputs(NamedTuple):
+    """The autoregressive transformer's inputs for one window of codes (``SimplePrior.transformer_inputs``).
+
+    tokens: ``(N, n_ctx)`` codes, or with ``single_enc_dec`` the lyric tokens then the codes as one shifted sequence
+    ``(N, n_tokens + n_ctx)``; x_cond: ``(N, L, width)`` over the same positions, or None; y_cond: ``(N, 1, width)``
+    or None; encoder_kv: the separate lyrics encoder's output ``(N, n_tokens, width)``, or None; prime: the lyric
+    tokens ``(N, n_tokens)``, or None.
+    """
+
+    tokens: torch.Tensor
+    x_cond: torch.Tensor | None
+    y_cond: torch.Tensor | None
+    encoder_kv: torch.Tensor | None
+    prime: torch.Tensor | None
 
 
 class SimplePrior(nn.Module):
@@ -245,6 +261,18 @@ class SimplePrior(nn.Module):
         x_cond = self.x_emb(z_conds) if self.x_cond else y_pos
         return x_cond, y_cond, prime
 
+    def transformer_inputs(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None,
+                           fp16: bool = False) -> TransformerInputs:
+        """What the autoregressive transformer takes to read codes z ``(N, n_ctx)`` of one window, given the codes
+        above and labels (see ``TransformerInputs``)."""
+        x_cond, y_cond, prime = self.get_cond(z_conds, y)
+        if self.copy_input:
+            prime = z[:, :self.n_tokens]
+        if self.single_enc_dec:
+            tokens, x_cond = self.prior_preprocess([prime, z], [None, x_cond])
+            return TransformerInputs(tokens, x_cond, y_cond, None, prime)
+        return TransformerInputs(z, x_cond, y_cond, self.get_encoder_kv(prime, fp16=fp16), prime)
+
     def get_timing_bins(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The bin indices of the three timing embeddings for labels y (labelled top-level priors)."""
         if not self.y_cond:
@@ -317,18 +345,14 @@ class SimplePrior(nn.Module):
 
     def _losses(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None, fp16: bool,
                 get_preds: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x_cond, y_cond, prime = self.get_cond(z_conds, y)
-        if self.copy_input:
-            prime = z[:, :self.n_tokens]
+        tokens, x_cond, y_cond, encoder_kv, prime = self.transformer_inputs(z, z_conds, y, fp16)
         if self.single_enc_dec:
-            z, x_cond = self.prior_preprocess([prime, z], [None, x_cond])
-            logits = self.prior.logits(z, x_cond, y_cond, fp16=fp16)
-            prime_loss, gen_loss = self.prior.separate_losses(logits, z)
+            logits = self.prior.logits(tokens, x_cond, y_cond, fp16=fp16)
+            prime_loss, gen_loss = self.prior.separate_losses(logits, tokens)
         else:
-            encoder_kv = self.get_encoder_kv(prime, fp16=fp16)
             prime_loss = self.get_prime_loss(encoder_kv, prime)
-            logits = self.prior.logits(z, x_cond, y_cond, encoder_kv, fp16=fp16)
-            gen_loss = self.prior.loss(logits, z)
+            logits = self.prior.logits(tokens, x_cond, y_cond, encoder_kv, fp16=fp16)
+            gen_loss = self.prior.loss(logits, tokens)
         loss = (self.prime_loss_fraction * prime_loss * self.prime_loss_dims / self.total_loss_dims
                 + gen_loss * self.gen_loss_dims / self.total_loss_dims)
         metrics = dict(bpd=gen_loss.detach().clone(), prime_loss=prime_loss.detach().clone(),

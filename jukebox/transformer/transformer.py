@@ -125,6 +125,8 @@ class Transformer(nn.Module):
     Layer d uses attention pattern ``layer_attn_func(attn_order, d)``; only encoder-decoder layers
     receive ``encoder_kv`` ``(N, encoder_dims, n_in)``. For sampling, ``new_cache`` allocates the
     key/value cache of a run and ``forward(x, cache=cache)`` feeds it the next positions.
+    With ``res_scale`` each block's residual update is scaled by ``1 / full_depth``: the depth of the transformer
+    whose first ``n_depth`` blocks these are (default ``n_depth``).
     """
 
     def __init__(self, n_in: int, n_ctx: int, n_head: int, n_depth: int,
@@ -134,7 +136,7 @@ class Transformer(nn.Module):
                  m_attn: float = 0.25, m_mlp: float = 1.0,
                  checkpoint_attn: int = 0, checkpoint_mlp: int = 0, checkpoint_res: int = 0,
                  attn_order: int = 0, blocks: int | None = None, spread: int | None = None,
-                 encoder_dims: int | None = None, prime_len: int | None = None):
+                 encoder_dims: int | None = None, prime_len: int | None = None, full_depth: int | None = None):
         super().__init__()
         if blocks is not None and n_ctx % blocks != 0:
             raise ValueError(f"n_ctx={n_ctx} must be a multiple of blocks={blocks}")
@@ -147,7 +149,7 @@ class Transformer(nn.Module):
         self.prime_len = prime_len
         self.attn_order = attn_order
         self.checkpoint_res = checkpoint_res
-        block_res_scale = 1.0 / n_depth if res_scale else 1.0
+        block_res_scale = 1.0 / (full_depth or n_depth) if res_scale else 1.0
 
         self._attn_mods = nn.ModuleList()
         for d in range(n_depth):

@@ -18,6 +18,7 @@ import pickle
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,9 +46,21 @@ class PortCheckpoint(Mapping[str, torch.Tensor]):
         self._paths: dict[str, Path] = {}
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        return self._from_shard(key, lambda shard: shard[key])
+
+    def shape(self, key: str) -> torch.Size:
+        """The shape of tensor ``key`` without reading its data: from a ``.safetensors`` shard's header, or from a
+        ``.bin`` shard's memory-mapped tensor (no page of it is touched). A ``.bin`` of torch's pre-1.6 format
+        cannot be memory-mapped: it is read whole when first opened, shapes or tensors alike."""
+        def shape(shard: Mapping[str, torch.Tensor]) -> torch.Size:
+            return shard.shape(key) if isinstance(shard, _SafetensorsShard) else shard[key].shape
+        return self._from_shard(key, shape)
+
+    def _from_shard(self, key: str, read: Callable[[Mapping[str, torch.Tensor]], Any]) -> Any:
+        """``read(shard)`` of the shard the index puts ``key`` in."""
         name = self.weight_map[key]
         try:
-            return self._shard(name)[key]
+            return read(self._shard(name))
         except KeyError:
             raise CheckpointError(f"{self.where}: the index puts {key} in {name}, but that shard does not hold it "
                                   "(index and shards of different checkpoints?)") from None
@@ -95,6 +108,12 @@ class _SafetensorsShard(Mapping[str, torch.Tensor]):
         if key not in self._keys:
             raise KeyError(key)
         return self._file.get_tensor(key)
+
+    def shape(self, key: str) -> torch.Size:
+        """A tensor's shape, from the header."""
+        if key not in self._keys:
+            raise KeyError(key)
+        return torch.Size(self._file.get_slice(key).get_shape())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
