@@ -11,6 +11,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["tiled_linear", "blocked_linear", "cached_attention"]
@@ -52,6 +53,33 @@ def as_float32(typingctx, value):
     return None
 
 
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask the CPU to bring the cache line of element ``index`` of a contiguous ``array`` (flat index) into the
+    caches; never faults. numba has no prefetch, so it is LLVM's intrinsic (``prefetcht0`` on x86)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        byte = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [byte, ir.IntType(32), ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0i8")
+        read, keep_in_all_levels, data_cache = (ir.IntType(32)(v) for v in (0, 3, 1))
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), read, keep_in_all_levels, data_cache])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
+def prefetch_rows(wt, first, count):  # pragma: no cover (rows first..first+count-1 of a C-contiguous wt)
+    n_in = wt.shape[1]
+    line = 64 // wt.itemsize
+    for j in range(first * n_in, min(first + count, wt.shape[0]) * n_in, line):
+        prefetch(wt, j)
+
+
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
 def finish(acc, m, o, bias, gelu, residual, out):  # pragma: no cover
     if o < out.shape[1]:
@@ -90,7 +118,8 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 # Four outputs at a time, for four rows (sixteen sums) or one: the sums are named locals, so LLVM keeps them
 # in vector registers across the loop over n_in (an accumulator array would round-trip through memory every
 # iteration), and each weight element loaded serves every row of the group. Outputs past the end repeat the
-# last one and are not written.
+# last one and are not written. Float16 weights take twice the arithmetic per byte, which leaves the loads
+# too few in flight to keep memory busy: each block asks for the next block's rows before it starts.
 @numba.njit(parallel=True, fastmath=REASSOC, nogil=True, boundscheck=False, cache=True)
 def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out):  # pragma: no cover
     rows, n_in = x.shape
@@ -99,6 +128,8 @@ def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out
         x = layer_norm(x, norm_weight, norm_bias, eps)
     for block in numba.prange((n_out + 3) // 4):
         o0 = 4 * block
+        if wt.itemsize == 2:
+            prefetch_rows(wt, o0 + 4, 4)
         o1, o2, o3 = min(o0 + 1, n_out - 1), min(o0 + 2, n_out - 1), min(o0 + 3, n_out - 1)
         for m0 in range(0, rows - 3, 4):
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
