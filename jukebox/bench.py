@@ -28,6 +28,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -236,8 +237,8 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     if deep:
         deep = min(deep, model.input_dims - tokens - 2)
         prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
-        runs = dict(deep=functools.partial(sample, 1, prefix, deep + tokens + 2, deep_chunk),
-                    start=functools.partial(sample, 1, sample_tokens=tokens + 2))
+        runs = dict(deep=functools.partial(_measured, sample, 1, prefix, deep + tokens + 2, deep_chunk),
+                    start=functools.partial(_measured, sample, 1, sample_tokens=tokens + 2))
         timed = _alternating(runs, max(repeats, 1), warm_up=False)
         deep_step, start_step = (statistics.median(_step_times(timed[name])) for name in runs)
         out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
@@ -258,9 +259,23 @@ def _alternating(runs: dict, repeats: int, warm_up: bool = True) -> dict:
     return results
 
 
-def _step_times(timed: list) -> list[float]:
-    """The step times of every ``(timer, total)`` of ``sample`` runs, together."""
-    return [t for timer, _ in timed for t in timer.step_times()]
+class Measured(NamedTuple):
+    """What a timed ``sample`` run leaves: its step times, priming seconds (None: not primed) and total seconds
+    (not its timer, which holds the sampler, its packed weights and its cache)."""
+
+    steps: list[float]
+    prime: float | None
+    total: float
+
+
+def _measured(sample, *args, **kwargs) -> Measured:
+    timer, total = sample(*args, **kwargs)
+    return Measured(timer.step_times(), None if timer.primed is None else timer.prime_time(), total)
+
+
+def _step_times(runs: list[Measured]) -> list[float]:
+    """The step times of ``runs``, together."""
+    return [t for run in runs for t in run.steps]
 
 
 def _ms_list(times: dict) -> str:
@@ -271,7 +286,8 @@ def _time_backends(sample, n: int, tokens: int, repeats: int, floor: float, weig
     """Steps of every CPU backend that runs here, forced in turn: alternating rounds after a warm-up round,
     medians. Returns ``{name: seconds per step}``."""
     names = [name for name, b in cpu_backends.BACKENDS.items() if b.missing() is None]
-    runs = {name: functools.partial(sample, n, sample_tokens=tokens + 2, cpu_backend=name) for name in names}
+    runs = {name: functools.partial(_measured, sample, n, sample_tokens=tokens + 2, cpu_backend=name)
+            for name in names}
     medians = {name: statistics.median(_step_times(timed)) for name, timed in _alternating(runs, repeats).items()}
     exact = {name: cpu_backends.BACKENDS[name].exact(weights) for name in names}
     log("    every backend: " + ", ".join(
@@ -286,11 +302,11 @@ def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generato
     ``opt_in``, the name of an inexact CPU backend, priming through it too (alternating with the default)."""
     prefix = torch.randint(model.bins, (n, prime_tokens), generator=g).to(dev)
     names = [None] + ([opt_in] if opt_in else [])
-    runs = {name: functools.partial(sample, n, prefix, prime_tokens + new_tokens, chunk_size,
+    runs = {name: functools.partial(_measured, sample, n, prefix, prime_tokens + new_tokens, chunk_size,
                                     **({"cpu_backend": name} if name else {})) for name in names}
     for name, timed in _alternating(runs, repeats).items():
-        primes = [timer.prime_time() for timer, _ in timed]
-        news = [total - timer.prime_time() for timer, total in timed]
+        primes = [run.prime for run in timed]
+        news = [run.total - run.prime for run in timed]
         prime_s, new_s = statistics.median(primes), statistics.median(news)
         res = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
                    tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,

@@ -8,6 +8,9 @@ also run there, with the step captured and replayed as a real CUDA graph. No tes
 """
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,6 +298,30 @@ def test_bench_helpers_count_weights_and_steps():
     plain, _ = _timed(m, torch.device("cpu"), lambda sampler: sampler.primed_sample(
         1, prefix, *conds, chunk_size=4, sample_tokens=20), plain_step=True)
     assert [n for _, n in plain.calls] == [4, 4, 1] + [1] * 11  # with plain_step every step calls the transformer
+
+
+def test_bench_rounds_keep_no_sampler_alive():
+    """The benchmark's alternating rounds keep each run's times, not its timer: a timer holds the sampler with its
+    packed weights and cache, and keeping every round's would run a machine out of memory."""
+    from jukebox.bench import StepTimer, _time_backends, _time_priming
+
+    alive, most_alive = [], []
+
+    def sample(n, prefix=None, sample_tokens=None, chunk=None, **forced):
+        gc.collect()
+        most_alive.append(sum(ref() is not None for ref in alive))  # samplers of earlier runs still held
+        timer = StepTimer(torch.device("cpu"), calls=[(0.0, 4)], draws=[1.0, 2.0, 3.5], primed=0.5)
+        timer.sampler = torch.empty(1)  # stands for the sampler and everything it holds
+        alive.append(weakref.ref(timer.sampler))
+        return timer, 4.0
+
+    medians = _time_backends(sample, 1, 2, 2, 1.0, torch.float32, log=lambda line: None)
+    assert set(medians) == set(cpu_backends.BACKENDS) - {n for n, b in cpu_backends.BACKENDS.items() if b.missing()}
+    assert all(t == 1.5 for t in medians.values())
+    out = {}
+    _time_priming(out, sample, _prior(), torch.device("cpu"), torch.Generator(), 1, 8, 4, 2, 2, lambda line: None)
+    assert out["priming"]["seconds"] == 0.5 and out["priming"]["new_tokens_per_s"] == 2 / 3.5
+    assert len(alive) > 2 * len(medians) and max(most_alive) == 0
 
 
 @pytest.mark.parametrize("heads,with_idx", [(1, False), (2, True), (4, False)])
