@@ -56,7 +56,7 @@ __all__ = ["StepPlan"]
 CALIBRATION_STEPS = 8  # timed steps per backend (the fastest counts), after one warm-up step
 CALIBRATION_COPY_MIB = 256  # the largest bandwidth copy: large enough to miss the last-level cache
 CALIBRATION_MIN_COPY_MIB = 64  # smaller weights stay in the caches: their trials are not scaled
-CALIBRATION_PROXY_MIB = 640  # trials run the fewest leading layers with this many MiB of weights (or all layers)
+CALIBRATION_PROXY_MIB = 256  # trials run the fewest leading layers with this many MiB of weights (or all layers)
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -245,9 +245,9 @@ class StepPlan:
         are those the real step at this position overwrites first. It runs the fewest leading layers whose
         weights reach ``CALIBRATION_PROXY_MIB`` (every layer of a smaller model): a model's layers share one
         shape, so they rank the backends as the whole step would, while the weights each trial packs stay
-        bounded for the large models, and still too many to stay in the last-level cache. Memory bandwidth
-        drifts on shared machines, so each trial's time is scaled to the bandwidth measured at the start,
-        from copies just before and after it the size of those weights (at most ``CALIBRATION_COPY_MIB``;
+        bounded for the large models (and still too many for the caches to hold between steps). Memory
+        bandwidth drifts on shared machines, so each trial's time is scaled to the bandwidth measured before
+        the first trial, from copies just before and after it the size of those weights (at most ``CALIBRATION_COPY_MIB``;
         none below ``CALIBRATION_MIN_COPY_MIB``)."""
         blocks, weight_mib = [], 0.0
         for block in self._blocks:
