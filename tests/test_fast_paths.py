@@ -130,6 +130,8 @@ def test_chunk_plan_primes_like_the_full_forward(name, backend):
         step = StepPlan(list(model._attn_mods), cache, torch.float32, backend)
         outs += [step.step(x[:, u]).unsqueeze(1) for u in range(t, N_CTX)]
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
+    # The numba block products run each layer, attention included, in one kernel call.
+    assert [L.whole is not None for L in plan.layers + step.layers] == [backend == "numba_blocks"] * 2 * depth
 
 
 def test_fast_steps_and_plain_chunks_share_the_cache():

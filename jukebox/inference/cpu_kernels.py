@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "windows",
-           "CacheAttention", "attention"]
+           "CacheAttention", "attention", "BlockedLayer"]
 
 TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any batch of samples
 
@@ -196,3 +196,52 @@ def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head
               windows: np.ndarray) -> torch.Tensor:
     """``CacheAttention(key, value, n_head, scale)(proj, windows)``, for one call."""
     return CacheAttention(key, value, n_head, scale)(proj, windows)
+
+
+@functools.cache
+def _layer_kernel():
+    """``numba_kernels.blocked_layer`` compiled (or loaded) and checked on a tiny layer, or None (with a warning),
+    when the product and attention kernels run but it does not: layers then call them one by one."""
+    if not available():
+        return None
+    from jukebox.inference import numba_kernels
+
+    ones, zeros = np.ones((1, 1), np.float32), np.zeros(1, np.float32)
+    product = (_NONE_1D, _NONE_1D, 0.0, ones, zeros, False)
+    try:  # one sample, one position, width 1: every product is x -> x, the residuals double it twice
+        out = numba_kernels.blocked_layer(np.ones((1, 1), np.float32), 1, (_NONE_1D, _NONE_1D, 0.0,
+                                          np.ones((3, 1), np.float32), np.zeros(3, np.float32), False),
+                                          np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32),
+                                          windows((0, 0, 1, 1)), 1, 1.0, product, product, product)
+    except Exception as error:  # noqa: BLE001 (it can not compile here: the layers call the kernels one by one)
+        _note(f"numba layer kernel unavailable ({error}); CPU steps call its kernels one by one")
+        return None
+    if out.shape != (1, 1) or out[0, 0] != 4.0:
+        _note("numba layer kernel gives wrong results here; CPU steps call its kernels one by one")
+        return None
+    return numba_kernels.blocked_layer
+
+
+class BlockedLayer:
+    """A ``ResAttnBlock`` step (or chunk) in one call: its four ``BlockedLinear`` products (the layer norms, the
+    quick_gelu and residuals inside them) and its ``CacheAttention``, run by ``numba_kernels.blocked_layer``.
+
+    Calling it maps x ``(N * Q, width)`` (sample-major, Q new positions per sample) and the positions'
+    ``windows`` ``(Q, 4)`` to the layer's output ``(N * Q, width)``, writing the keys and values to the cache as
+    ``CacheAttention`` does. Needs ``whole_layers()``.
+    """
+
+    __slots__ = ("_before", "_after")
+
+    def __init__(self, c_attn: BlockedLinear, c_proj: BlockedLinear, c_fc: BlockedLinear, mlp_proj: BlockedLinear,
+                 attention: CacheAttention):
+        self._before = (c_attn._args, attention._key, attention._value)  # the kernel's arguments around windows
+        self._after = (*attention._head, c_proj._args, c_fc._args, mlp_proj._args)
+
+    def __call__(self, x: torch.Tensor, n: int, windows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(_layer_kernel()(x.contiguous().numpy(), n, *self._before, windows, *self._after))
+
+
+def whole_layers() -> bool:
+    """Whether ``BlockedLayer`` runs here (compiled or loaded from the cache on the first call)."""
+    return _layer_kernel() is not None

@@ -14,7 +14,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["tiled_linear", "blocked_linear", "cached_attention"]
+__all__ = ["tiled_linear", "blocked_linear", "cached_attention", "blocked_layer"]
 
 # Reassociation lets LLVM vectorise sums over a row (several partial sums, added at the end).
 REASSOC = {"reassoc", "contract"}
@@ -212,3 +212,24 @@ def cached_attention(proj, key, value, windows, n_head, scale, out):  # pragma: 
                 for j in range(count):
                     add_scaled(acc, probs[j] / total, value[i, start + j * step, lo:hi])
                 out[i, p, lo:hi] = acc
+
+
+# A whole layer in one call from Python: a step's layer is five kernels, and each call from Python costs more
+# than the arithmetic of a small one. Each product's arguments are (norm weight, norm bias, eps, transposed
+# weight, bias, gelu), as blocked_linear takes them.
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def blocked_layer(x, n, attn, key, value, windows, n_head, scale, proj, fc, mlp):  # pragma: no cover
+    rows = x.shape[0]
+    positions, width = rows // n, key.shape[2]
+    none = np.empty((0, 0), dtype=np.float32)
+    qkv = np.empty((rows, attn[4].shape[0]), dtype=np.float32)
+    blocked_linear(x, attn[0], attn[1], attn[2], attn[3], attn[4], attn[5], none, qkv)
+    a = np.empty((n, positions, width), dtype=np.float32)
+    cached_attention(qkv.reshape((n, positions, qkv.shape[1])), key, value, windows, n_head, scale, a)
+    h = np.empty((rows, proj[4].shape[0]), dtype=np.float32)
+    blocked_linear(a.reshape((rows, width)), proj[0], proj[1], proj[2], proj[3], proj[4], proj[5], x, h)
+    f = np.empty((rows, fc[4].shape[0]), dtype=np.float32)
+    blocked_linear(h, fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], none, f)
+    out = np.empty((rows, mlp[4].shape[0]), dtype=np.float32)
+    blocked_linear(f, mlp[0], mlp[1], mlp[2], mlp[3], mlp[4], mlp[5], h, out)
+    return out

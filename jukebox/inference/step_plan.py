@@ -184,6 +184,10 @@ class _Layer:
         self.key, self.value = cache.key, cache.value
         self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
             if kernel_attention else None
+        # Fused numba block products and the kernel attention: the whole layer in one call.
+        whole = self.fused and self.cpu_attention is not None and cpu_kernels.whole_layers() and \
+            all(isinstance(lin, cpu_kernels.BlockedLinear) for lin in linears)
+        self.whole = cpu_kernels.BlockedLayer(*linears, self.cpu_attention) if whole else None
 
 
 class StepPlan:
@@ -247,8 +251,8 @@ class StepPlan:
         shape, so they rank the backends as the whole step would, while the weights each trial packs stay
         bounded for the large models (and still too many for the caches to hold between steps). Memory
         bandwidth drifts on shared machines, so each trial's time is scaled to the bandwidth measured before
-        the first trial, from copies just before and after it the size of those weights (at most ``CALIBRATION_COPY_MIB``;
-        none below ``CALIBRATION_MIN_COPY_MIB``)."""
+        the first trial, from copies just before and after it the size of those weights (at most
+        ``CALIBRATION_COPY_MIB``; none below ``CALIBRATION_MIN_COPY_MIB``)."""
         blocks, weight_mib = [], 0.0
         for block in self._blocks:
             if weight_mib >= CALIBRATION_PROXY_MIB:
@@ -340,8 +344,12 @@ class StepPlan:
         self._shared.clear()
         if self.on_cpu:
             cpu_kernels.match_threads()
+        n = self.cache.n_samples
         for L in self.layers:
-            x = self._layer(L, x, self._attend_dynamic)
+            if L.whole is not None:
+                x = L.whole(x, n, self._kernel_windows_once(L.layout))
+            else:
+                x = self._layer(L, x, self._attend_dynamic)
         return x
 
     def output(self, w: torch.Tensor) -> Product | None:
@@ -357,12 +365,14 @@ class StepPlan:
     def _dynamic_window(layout, t: int) -> tuple[int, int, int, int]:
         return layout.slot(t), *layout.window(t), layout.step
 
-    def _kernel_windows(self, layout) -> np.ndarray:
-        return cpu_kernels.windows(*(self._dynamic_window(layout, t) for t in range(self._t, self._t + self._length)))
+    def _kernel_windows_once(self, layout) -> np.ndarray:
+        """The windows of this step's (chunk's) positions in ``layout``, as the numba attention takes them."""
+        return self._once(("kernel", layout.key), lambda: cpu_kernels.windows(
+            *(self._dynamic_window(layout, t) for t in range(self._t, self._t + self._length))))
 
     def _attend_dynamic(self, L: _Layer, proj: torch.Tensor) -> torch.Tensor:
         if L.cpu_attention is not None:
-            windows = self._once(("kernel", L.layout.key), lambda: self._kernel_windows(L.layout))
+            windows = self._kernel_windows_once(L.layout)
             n = self.cache.n_samples
             return L.cpu_attention(proj.view(n, self._length, -1), windows).view(n * self._length, -1)
         slot, start, stop, step = self._once(L.layout.key, lambda: self._dynamic_window(L.layout, self._t))
