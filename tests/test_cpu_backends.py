@@ -77,30 +77,42 @@ def test_failing_and_unavailable_backends_are_passed_by(calibration_file, monkey
     assert list(json.loads(calibration_file.read_text()).values())[0]["step_ms"].keys() == {"plain"}
 
 
-def test_calibration_times_the_close_backends_again_and_keeps_their_best(tmp_path, monkeypatch):
-    """The second round, in reverse order, times again the backends within CLOSE of the fastest: one timed during
-    a slow moment of the machine is judged by its other round; one far behind, or one that failed, is not tried
-    again."""
-    for backend in cpu_backends.BACKENDS.values():
-        monkeypatch.setattr(type(backend), "missing", lambda self: None)
-    exact = [name for name, b in cpu_backends.BACKENDS.items() if b.exact(torch.float32)]
-    calls = []
-    # numba's first trial falls on a dip of the machine, within CLOSE of plain; mkl fails.
-    first = {"plain": 3.0, "numba": 3.6, "numba_blocks": 4.0, "onednn": 5.0}
-    second = {"plain": 3.3, "numba": 1.0}
-    assert first["numba"] <= cpu_backends.CLOSE * first["plain"] < first["numba_blocks"]
+def test_calibration_times_the_backends_in_turns_so_a_slow_moment_falls_on_all(calibration_file, monkeypatch):
+    """Every candidate is built first, then each runs one step in turn and the median of its steps counts: a slow
+    stretch of the machine slows every backend alike instead of deciding the choice. A backend that fails to
+    pack is passed by. Time is a fake clock that each step advances by its backend's cost."""
+    cost = {"plain": 3.0, "numba": 1.0, "numba_blocks": 2.0, "mkl": 0.5, "onednn": 4.0}
+    clock, names, order = [0.0], {}, []
+    build, forward = StepPlan._build, StepPlan._forward
 
-    def trial(backend):
-        calls.append(backend.name)
-        if backend.name == "mkl":
+    def tagged(self, backend, blocks=None):
+        if backend is not None and backend.name == "mkl":
             raise RuntimeError("cannot pack here")
-        return (second if len(calls) > len(exact) else first)[backend.name]
+        layers = build(self, backend, blocks)
+        names[id(layers)] = None if backend is None else backend.name
+        return layers
 
-    path = tmp_path / "calibration.json"
-    assert cpu_backends.choose({"shape": 1}, torch.float32, trial, path) == "numba"
-    assert calls == exact + ["numba", "plain"]
-    (entry,) = json.loads(path.read_text()).values()
-    assert entry["step_ms"] == {"plain": 3000.0, "numba": 1000.0, "numba_blocks": 4000.0, "onednn": 5000.0}
+    def costed(self, x, length=1):
+        name = names.get(id(self.layers))
+        if name is not None:
+            order.append(name)
+            ran = len(candidates)
+            slow = 10.0 if ran <= len(order) < 4 * ran else 1.0  # the first three turns fall on a slow stretch
+            clock[0] += cost[name] * slow
+        return forward(self, x, length)
+
+    candidates = [name for name in EXACT if name != "mkl"]
+    monkeypatch.setattr(StepPlan, "_build", tagged)
+    monkeypatch.setattr(StepPlan, "_forward", costed)
+    monkeypatch.setattr(step_plan.time, "perf_counter", lambda: clock[0])
+    plan = _plan()
+    assert plan.backend == min(candidates, key=cost.get)
+    (entry,) = json.loads(calibration_file.read_text()).values()
+    assert entry["step_ms"] == {name: cost[name] * 1e3 for name in candidates}
+    ran = len(candidates)
+    turns = [order[i:i + ran] for i in range(ran, ran + step_plan.CALIBRATION_STEPS * ran, ran)]
+    assert sorted(order[:ran]) == sorted(candidates)  # one warm-up step each
+    assert all(sorted(turn) == sorted(candidates) for turn in turns) and len(turns) == step_plan.CALIBRATION_STEPS
 
 
 def test_calibration_trials_run_the_leading_layers_that_reach_the_proxy_size(calibration_file, monkeypatch):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -55,8 +54,6 @@ __all__ = ["BACKENDS", "Backend", "Addmm", "get_backend", "check_backend_name", 
 log = logging.getLogger(__name__)
 
 Product = Callable[..., torch.Tensor]
-
-CLOSE = 1.25  # calibration times again the backends within this factor of the fastest
 
 
 class Backend:
@@ -286,18 +283,13 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float], path: Path | None = None,
-           rounds: int = 2, trial_layers: int | None = None) -> str:
+def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]], dict], path: Path | None = None,
+           trial_layers: int | None = None) -> str:
     """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, batch, dtypes)
-    with weights stored as ``weights``: the cached choice for this machine and shape, else the fastest by
-    ``trial(backend)`` (seconds; it may raise, and the backend is then skipped), written to the cache.
-    Falls back to ``plain``.
-
-    The first round times every available exact backend. Each later round, in the other order (so that
-    a slow moment of a shared machine does not fall on the same backend twice), times again those within
-    ``CLOSE`` of the best so far, and each keeps its best time: a trial packs the backend's weights, and a
-    backend that far behind does not win on a second try. ``trial_layers``, how many of the step's layers a
-    trial runs, is stored beside the times (``step_ms``, which are those of the trial)."""
+    with weights stored as ``weights``: the cached choice for this machine and shape, else the fastest of
+    ``measure(candidates)`` (every available exact backend; it returns ``{name: seconds per step}`` for those
+    that ran), written to the cache. Falls back to ``plain``. ``trial_layers``, how many of the step's
+    layers ``measure`` runs, is stored beside the times (``step_ms``, which are those of the trial)."""
     path = calibration_path() if path is None else path
     key = _key(shape)
     cached = _read(path).get(key)
@@ -311,17 +303,7 @@ def choose(shape: dict, weights: torch.dtype, trial: Callable[[Backend], float],
             candidates.append(backend)
         else:
             log.debug("cpu backend %s skipped: %s", backend.name, reason)
-    times: dict = {}
-    for r in range(rounds):
-        if r:  # only those that ran, and were close
-            fastest = min(times.values(), default=math.inf)
-            candidates = [b for b in reversed(candidates) if times.get(b.name, math.inf) <= CLOSE * fastest]
-        for backend in candidates:
-            try:
-                times[backend.name] = min(trial(backend), times.get(backend.name, math.inf))
-            except Exception as error:  # noqa: BLE001 (a backend that fails to build or run here is skipped)
-                log.debug("cpu backend %s failed: %s", backend.name, error)
-                times.pop(backend.name, None)
+    times = measure(candidates) if candidates else {}
     best = min(times, key=times.get) if times else "plain"
     entries = _read(path)
     entries[key] = dict(backend=best, step_ms={name: round(t * 1e3, 3) for name, t in times.items()},

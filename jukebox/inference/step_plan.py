@@ -34,9 +34,10 @@ weights are used as stored.
 """
 from __future__ import annotations
 
-import functools
 import gc
+import logging
 import math
+import statistics
 import time
 import warnings
 
@@ -49,13 +50,12 @@ from jukebox.inference.cpu_backends import Addmm, Backend, Product
 from jukebox.transformer.kv_cache import KVCache, LayerCache
 from jukebox.transformer.ops import Conv1D, quick_gelu
 from jukebox.transformer.patterns import AttentionPattern
-from jukebox.utils.torch_utils import CopyBandwidth
 
 __all__ = ["StepPlan"]
 
-CALIBRATION_STEPS = 8  # timed steps per backend (the fastest counts), after one warm-up step
-CALIBRATION_COPY_MIB = 256  # the largest bandwidth copy: large enough to miss the last-level cache
-CALIBRATION_MIN_COPY_MIB = 64  # smaller weights stay in the caches: their trials are not scaled
+log = logging.getLogger(__name__)
+
+CALIBRATION_STEPS = 8  # timed steps per backend (the median counts), after one warm-up step
 CALIBRATION_PROXY_MIB = 256  # trials run the fewest leading layers with this many MiB of weights (or all layers)
 
 
@@ -245,14 +245,13 @@ class StepPlan:
     def _calibrate(self) -> Backend:
         """The fastest exact backend for this step (see ``cpu_backends.choose``).
 
-        A trial runs steps at the cache's position without advancing it: the key and value rows they write
-        are those the real step at this position overwrites first. It runs the fewest leading layers whose
-        weights reach ``CALIBRATION_PROXY_MIB`` (every layer of a smaller model): a model's layers share one
-        shape, so they rank the backends as the whole step would, while the weights each trial packs stay
-        bounded for the large models (and still too many for the caches to hold between steps). Memory
-        bandwidth drifts on shared machines, so each trial's time is scaled to the bandwidth measured before
-        the first trial, from copies just before and after it the size of those weights (at most
-        ``CALIBRATION_COPY_MIB``; none below ``CALIBRATION_MIN_COPY_MIB``)."""
+        The trials run the fewest leading layers whose weights reach ``CALIBRATION_PROXY_MIB`` (every layer of
+        a smaller model): a model's layers share one shape, so they rank the backends as the whole step
+        would, and what each backend packs stays bounded for the large models. Every candidate's layers are
+        built first (those that fail to build or run are passed by), then each runs one step in turn, for
+        ``CALIBRATION_STEPS`` turns: a slow moment of a shared machine falls on all of them alike. A backend's
+        time is the median of its steps. The steps run at the cache's position without advancing it: the key
+        and value rows they write are those the real step at this position overwrites first."""
         blocks, weight_mib = [], 0.0
         for block in self._blocks:
             if weight_mib >= CALIBRATION_PROXY_MIB:
@@ -261,28 +260,39 @@ class StepPlan:
             weight_mib += sum(p.numel() * p.element_size() for p in block.parameters()) / 2 ** 20
         width = blocks[0].ln_0.weight.shape[0]
         x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
-        copy_mib = int(min(weight_mib, CALIBRATION_COPY_MIB))
-        copies = functools.cache(lambda: CopyBandwidth(torch.device("cpu"), copy_mib))  # only if not cached
-        reference = []
 
-        def bandwidth() -> float:
-            return copies()(repeats=2) if copy_mib >= CALIBRATION_MIN_COPY_MIB else 1.0
-
-        def trial(backend: Backend) -> float:
-            self.layers = self._build(backend, blocks)
-            self._forward(x)  # warm-up
-            before = bandwidth()
-            reference[:] = reference or [before]
-            times = []
-            for _ in range(CALIBRATION_STEPS):
-                t = time.perf_counter()
+        def run(name: str, layers: list[_Layer]) -> bool:
+            """One step through ``layers``; False (logged) if it fails."""
+            self.layers = layers
+            try:
                 self._forward(x)
-                times.append(time.perf_counter() - t)
-            during = (before + bandwidth()) / 2
-            self.layers = []
-            return min(times) * during / reference[0]
+                return True
+            except Exception as error:  # noqa: BLE001 (a backend that can not run here is passed by)
+                log.debug("cpu backend %s failed: %s", name, error)
+                return False
 
-        name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, trial, trial_layers=len(blocks))
+        def measure(candidates: list[Backend]) -> dict:
+            built = {}
+            for backend in candidates:
+                try:
+                    layers = self._build(backend, blocks)
+                except Exception as error:  # noqa: BLE001 (a backend that can not pack here is passed by)
+                    log.debug("cpu backend %s failed: %s", backend.name, error)
+                    continue
+                if run(backend.name, layers):  # warm-up
+                    built[backend.name] = layers
+            times: dict = {name: [] for name in built}
+            for turn in range(CALIBRATION_STEPS):
+                for name in list(built) if turn % 2 == 0 else list(built)[::-1]:
+                    t = time.perf_counter()
+                    if run(name, built[name]):
+                        times[name].append(time.perf_counter() - t)
+                    else:
+                        del built[name], times[name]
+            self.layers = []
+            return {name: statistics.median(steps) for name, steps in times.items()}
+
+        name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, measure, trial_layers=len(blocks))
         return cpu_backends.BACKENDS[name]
 
     # ------------------------------------------------------------------ shared layer arithmetic

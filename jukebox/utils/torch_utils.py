@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "params_checksum", "synchronize", "CopyBandwidth",
-    "measure_bandwidth",
+    "zero_grad", "count_parameters", "grad_norm", "scale_grads", "params_checksum", "synchronize", "measure_bandwidth",
 ]
 
 
@@ -67,28 +66,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class CopyBandwidth:
-    """Memory bandwidth in bytes/s (read + written) of copying a ``mib`` MiB float32 tensor, median of
-    ``repeats`` copies per call. The two buffers are allocated and touched once, here, so that repeated
-    calls time copies only, not the first touch of fresh pages."""
-
-    def __init__(self, device: torch.device, mib: int = 512):
-        self.device = device
-        self.src = torch.ones(mib * 2 ** 18, device=device)
-        self.dst = torch.empty_like(self.src)
-        self.dst.copy_(self.src)
-
-    def __call__(self, repeats: int = 7) -> float:
-        times = []
-        for _ in range(repeats):
-            synchronize(self.device)
-            t = time.perf_counter()
-            self.dst.copy_(self.src)
-            synchronize(self.device)
-            times.append(time.perf_counter() - t)
-        return 2 * self.src.numel() * self.src.element_size() / statistics.median(times)
-
-
 def measure_bandwidth(device: torch.device, mib: int = 512, repeats: int = 7) -> float:
-    """``CopyBandwidth(device, mib)(repeats)``, for one measurement."""
-    return CopyBandwidth(device, mib)(repeats)
+    """Memory bandwidth in bytes/s of copying a ``mib`` MiB float32 tensor (bytes read + written), median."""
+    src = torch.ones(mib * 2 ** 18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
