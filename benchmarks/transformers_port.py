@@ -151,9 +151,9 @@ def main() -> None:
     try:
         for side, proc in workers.items():
             print(f"{side}: {_answer(proc)}", flush=True)
-        from jukebox.bench import _alternating
+        from jukebox.bench import alternating
 
-        steps = _alternating({side: functools.partial(_round, proc) for side, proc in workers.items()}, a.rounds)
+        steps = alternating({side: functools.partial(_round, proc) for side, proc in workers.items()}, a.rounds)
         for r in range(a.rounds):
             print(f"round {r + 1}: " + ", ".join(f"{s} {steps[s][r] * 1e3:.1f} ms/step" for s in steps), flush=True)
     finally:

@@ -42,7 +42,7 @@ from jukebox.utils.dist_utils import print_once
 from jukebox.utils.torch_utils import measure_bandwidth, synchronize
 from jukebox.vqvae.vqvae import calculate_hop_lengths
 
-__all__ = ["weight_bytes_per_step", "build_prior", "StepTimer", "run", "project_song"]
+__all__ = ["weight_bytes_per_step", "build_prior", "StepTimer", "run", "alternating", "project_song"]
 
 CPU_DEFAULT = "small_vqvae,small_prior"
 # The original's CUDA settings (sample.py default_sampling_kwargs): samples per pass, priming chunk.
@@ -210,13 +210,14 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
             f"({step / floor_n:.2f}x the floor of {floor_n * 1e3:.1f} ms measured between its runs; "
             f"end to end {statistics.median(rates):.1f} tokens/s)")
         if plan is not None and plan.backend is not None:
-            calibrated = cpu_backends.calibration(plan.shape())
-            res["calibration_ms"] = None if calibrated is None or cpu_backend else calibrated["step_ms"]
+            calibrated = None if cpu_backend else cpu_backends.calibration(plan.shape())
+            res["calibration_ms"] = calibrated and calibrated["step_ms"]
             how = "forced" if cpu_backend else f"calibrated: {_ms_list(res['calibration_ms'] or {})}"
-            if calibrated is not None and not cpu_backend:
+            if calibrated is not None:
                 res["calibration_seconds"] = calibrated.get("seconds")
-                layers = calibrated.get("trial_layers") or plan.shape()["layers"]
-                how += f"; trials over {layers} of {plan.shape()['layers']} layers, {calibrated.get('seconds')} s"
+                layers = plan.shape()["layers"]
+                how += f"; trials over {calibrated.get('trial_layers') or layers} of {layers} layers, " \
+                       f"{calibrated.get('seconds')} s"
             log(f"    backend {plan.backend} ({how})")
             if backends and not cpu_backend:
                 weights = model.transformer._attn_mods[0].attn.c_attn.w.dtype
@@ -239,7 +240,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         prefix = torch.randint(model.bins, (1, deep), generator=g).to(dev)
         runs = dict(deep=functools.partial(_measured, sample, 1, prefix, deep + tokens + 2, deep_chunk),
                     start=functools.partial(_measured, sample, 1, sample_tokens=tokens + 2))
-        timed = _alternating(runs, max(repeats, 1), warm_up=False)
+        timed = alternating(runs, max(repeats, 1), warm_up=False)
         deep_step, start_step = (statistics.median(_step_times(timed[name])) for name in runs)
         out["deep"] = dict(position=deep, step_s=deep_step, start_step_s=start_step, ratio=deep_step / start_step)
         log(f"  step after {deep} primed tokens (n_samples=1): {deep_step * 1e3:.1f} ms = "
@@ -247,7 +248,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     return out
 
 
-def _alternating(runs: dict, repeats: int, warm_up: bool = True) -> dict:
+def alternating(runs: dict, repeats: int, warm_up: bool = True) -> dict:
     """``{name: [runs[name]() of each round]}`` over ``repeats`` rounds, each calling every run in turn (so that
     a drift of a shared machine falls on all of them alike), after an untimed round with ``warm_up``."""
     results: dict = {name: [] for name in runs}
@@ -288,7 +289,7 @@ def _time_backends(sample, n: int, tokens: int, repeats: int, floor: float, weig
     names = [name for name, b in cpu_backends.BACKENDS.items() if b.missing() is None]
     runs = {name: functools.partial(_measured, sample, n, sample_tokens=tokens + 2, cpu_backend=name)
             for name in names}
-    medians = {name: statistics.median(_step_times(timed)) for name, timed in _alternating(runs, repeats).items()}
+    medians = {name: statistics.median(_step_times(timed)) for name, timed in alternating(runs, repeats).items()}
     exact = {name: cpu_backends.BACKENDS[name].exact(weights) for name in names}
     log("    every backend: " + ", ".join(
         f"{name} {t * 1e3:.1f} ms ({t / floor:.2f}x{'' if exact[name] else ', not exact'})"
@@ -304,22 +305,18 @@ def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generato
     names = [None] + ([opt_in] if opt_in else [])
     runs = {name: functools.partial(_measured, sample, n, prefix, prime_tokens + new_tokens, chunk_size,
                                     **({"cpu_backend": name} if name else {})) for name in names}
-    for name, timed in _alternating(runs, repeats).items():
+    for name, timed in alternating(runs, repeats).items():
         primes = [run.prime for run in timed]
         news = [run.total - run.prime for run in timed]
         prime_s, new_s = statistics.median(primes), statistics.median(news)
         res = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
                    tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
                    new_tokens_per_s=n * new_tokens / new_s)
-        if name is None:
-            out["priming"] = res
-            log(f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}: {prime_s:.2f} s = "
-                f"{n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: {n * new_tokens / new_s:.1f} "
-                "tokens/s")
-        else:
-            out[f"priming_{name}"] = res
-            log(f"    the same with --cpu_backend={name} (an opt-in, not exact): {prime_s:.2f} s = "
-                f"{n * prime_tokens / prime_s:.0f} tokens/s; then {n * new_tokens / new_s:.1f} tokens/s")
+        out["priming" if name is None else f"priming_{name}"] = res
+        what = f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}" if name is None else \
+            f"    the same with --cpu_backend={name} (an opt-in, not exact)"
+        log(f"{what}: {prime_s:.2f} s = {n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: "
+            f"{n * new_tokens / new_s:.1f} tokens/s")
 
 
 def project_song(seconds: float, levels: list[dict], n_ctx: list[int], hops: list[int],

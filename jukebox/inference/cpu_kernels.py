@@ -231,15 +231,16 @@ class BlockedLayer:
     ``CacheAttention`` does. Needs ``whole_layers()``.
     """
 
-    __slots__ = ("_before", "_after")
+    __slots__ = ("_kernel", "_before", "_after")
 
     def __init__(self, c_attn: BlockedLinear, c_proj: BlockedLinear, c_fc: BlockedLinear, mlp_proj: BlockedLinear,
                  attention: CacheAttention):
+        self._kernel = _layer_kernel()
         self._before = (c_attn._args, attention._key, attention._value)  # the kernel's arguments around windows
         self._after = (*attention._head, c_proj._args, c_fc._args, mlp_proj._args)
 
     def __call__(self, x: torch.Tensor, n: int, windows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(_layer_kernel()(x.contiguous().numpy(), n, *self._before, windows, *self._after))
+        return torch.from_numpy(self._kernel(x.contiguous().numpy(), n, *self._before, windows, *self._after))
 
 
 def whole_layers() -> bool:
