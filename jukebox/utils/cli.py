@@ -10,6 +10,7 @@ import difflib
 import inspect
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -32,10 +33,15 @@ def error_message(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _abort_mpi_job(code: int) -> None:
+def abort_mpi_job(code: int) -> None:
+    """End every rank of a multi-rank MPI job with ``code``; nothing outside one, or before MPI starts."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+        sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher's proxy forwards our last lines asynchronously; MPI_Abort kills it too, so give it a
+        # moment, or the error that explains the abort can be lost.
+        time.sleep(1.0)
         mpi.COMM_WORLD.Abort(code)
 
 
@@ -47,12 +53,12 @@ def run_cli(main: Callable[[], T]) -> T:
         return main()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        _abort_mpi_job(_EXIT_INTERRUPTED)
+        abort_mpi_job(_EXIT_INTERRUPTED)
         raise SystemExit(_EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001 - every failure of a command line ends the same way
         sys.stderr.write(f"error: {error_message(exc)}\n")
         sys.stderr.flush()
-        _abort_mpi_job(EXIT_BAD_INPUT)
+        abort_mpi_job(EXIT_BAD_INPUT)
         raise SystemExit(EXIT_BAD_INPUT) from None
 
 

@@ -12,12 +12,13 @@ import datetime
 import os
 import socket
 import sys
-import time
 import traceback
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from jukebox.utils.cli import abort_mpi_job
 
 __all__ = [
     "setup_dist_from_mpi", "get_rank", "get_world_size", "is_distributed", "barrier", "finish_dist",
@@ -56,9 +57,7 @@ def _abort_mpi_on_exception(comm: Any) -> None:
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         stream.write("".join(f"[rank{rank}]: {line}\n" for line in text.rstrip("\n").split("\n")))
         stream.flush()
-        sys.stdout.flush()
-        time.sleep(0.5)  # let the launcher forward the traceback before MPI_Abort tears the job down
-        comm.Abort(1)
+        abort_mpi_job(1)
 
     sys.excepthook = hook
 
