@@ -118,8 +118,9 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 # Four outputs at a time, for four rows (sixteen sums) or one: the sums are named locals, so LLVM keeps them
 # in vector registers across the loop over n_in (an accumulator array would round-trip through memory every
 # iteration), and each weight element loaded serves every row of the group. Outputs past the end repeat the
-# last one and are not written. Float16 weights take twice the arithmetic per byte, which leaves the loads
-# too few in flight to keep memory busy: each block asks for the next block's rows before it starts.
+# last one and are not written. Each block asks for the next block's rows before it starts: a weight row is
+# a page or less, so the hardware prefetcher, which stops at page ends, would start over on every row, and
+# the arithmetic between loads (four rows, or float16 widening) leaves too few of them in flight.
 @numba.njit(parallel=True, fastmath=REASSOC, nogil=True, boundscheck=False, cache=True)
 def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out):  # pragma: no cover
     rows, n_in = x.shape
@@ -128,8 +129,7 @@ def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out
         x = layer_norm(x, norm_weight, norm_bias, eps)
     for block in numba.prange((n_out + 3) // 4):
         o0 = 4 * block
-        if wt.itemsize == 2:
-            prefetch_rows(wt, o0 + 4, 4)
+        prefetch_rows(wt, o0 + 4, 4)
         o1, o2, o3 = min(o0 + 1, n_out - 1), min(o0 + 2, n_out - 1), min(o0 + 3, n_out - 1)
         for m0 in range(0, rows - 3, 4):
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
