@@ -16,6 +16,7 @@ from jukebox.inference.session import SamplingOptions
 from jukebox.inference.step_plan import StepPlan
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
 from jukebox.transformer.transformer import Transformer
+from jukebox.utils.torch_utils import transposed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,3 +196,12 @@ def test_cpu_info_names_the_machine():
     info = cpu_backends.cpu_info()
     assert info["model"] and info["threads"] == torch.get_num_threads()
     assert info["isa"].split(" + ")[0] in ("AVX2", "AVX-512", "other")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (130, 65), (64, 200)])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_backends_pack_the_exact_transpose_of_the_weight(shape, dtype):
+    for w in (torch.randn(shape), torch.randn(shape).half()):
+        want = w.t().contiguous() if dtype is None else w.t().contiguous().to(dtype)
+        got = transposed(w, dtype)
+        assert got.is_contiguous() and got.dtype == want.dtype and torch.equal(got, want)

@@ -47,6 +47,7 @@ import torch
 
 from jukebox.inference import cpu_kernels
 from jukebox.utils.atomic import atomic_write
+from jukebox.utils.torch_utils import transposed
 
 __all__ = ["BACKENDS", "Backend", "Addmm", "get_backend", "check_backend_name", "fp16_gemm_available", "cpu_info",
            "calibration_path", "choose", "calibration"]
@@ -132,7 +133,7 @@ class Mkl(Backend):
 
     def linear(self, w, b, batch, norm=None, gelu=False):
         wt = w.detach().float().t()  # (n_out, n_in), the layout MKL packs
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(wt.contiguous(), batch)
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(transposed(w, torch.float32), batch)
         b = b.detach().float()
         return lambda x: torch.ops.mkl._mkl_linear(x, packed, wt, b, batch)
 
@@ -146,7 +147,7 @@ class OneDnn(Backend):
         return None
 
     def linear(self, w, b, batch, norm=None, gelu=False):
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().float().t().contiguous(), batch)
+        packed = torch.ops.mkldnn._reorder_linear_weight(transposed(w, torch.float32), batch)
         b = b.detach().float()
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
@@ -164,7 +165,7 @@ class OneDnnBf16(OneDnn):
         return False
 
     def linear(self, w, b, batch, norm=None, gelu=False):
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().t().contiguous().bfloat16(), batch)
+        packed = torch.ops.mkldnn._reorder_linear_weight(transposed(w, torch.bfloat16), batch)
         b = b.detach().float()
         return lambda x: torch.ops.mkldnn._linear_pointwise(x.bfloat16(), packed, None, "none", [], "").float() + b
 
@@ -185,7 +186,7 @@ class _PackedFp16:
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor):
         self.source = w  # held, so that no other weight takes its address while the packing is shared
-        wt = w.detach().t().to(torch.float32).contiguous()
+        wt = transposed(w, torch.float32)
         self.packed = torch.ops.quantized.linear_prepack_fp16(wt, b.detach().to(torch.float32))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ import warnings
 import numpy as np
 import torch
 
+from jukebox.utils.torch_utils import transposed
+
 __all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "windows",
            "CacheAttention", "attention", "BlockedLayer"]
 
@@ -159,7 +161,7 @@ class BlockedLinear(_FusedLinear):
     __slots__ = ()
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
-        super().__init__(_kept_dtype(w).t().contiguous(), w.shape[1], _kernels()[2], b, norm, gelu)
+        super().__init__(transposed(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu)
 
 
 def windows(*positions: tuple[int, int, int, int]) -> np.ndarray:
