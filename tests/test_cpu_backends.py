@@ -80,9 +80,10 @@ def test_failing_and_unavailable_backends_are_passed_by(calibration_file, monkey
 
 def test_calibration_times_the_backends_in_turns_so_a_slow_moment_falls_on_all(calibration_file, monkeypatch):
     """Every candidate is built first, then each runs one step in turn and the median of its steps counts: a slow
-    stretch of the machine slows every backend alike instead of deciding the choice. A backend that fails to
-    pack is passed by. Time is a fake clock that each step advances by its backend's cost."""
-    cost = {"plain": 3.0, "numba": 1.0, "numba_blocks": 2.0, "mkl": 0.5, "onednn": 4.0}
+    stretch of the machine slows every backend alike instead of deciding the choice. After the screening turns
+    only those within the margin of the fastest go on. A backend that fails to pack is passed by. Time is a fake
+    clock that each step advances by its backend's cost."""
+    cost = {"plain": 3.0, "numba": 1.0, "numba_blocks": 1.2, "mkl": 0.5, "onednn": 4.0}
     clock, names, order = [0.0], {}, []
     build, forward = StepPlan._build, StepPlan._forward
 
@@ -103,17 +104,23 @@ def test_calibration_times_the_backends_in_turns_so_a_slow_moment_falls_on_all(c
         return forward(self, x, length)
 
     candidates = [name for name in EXACT if name != "mkl"]
+    fastest = min(cost[name] for name in candidates)
+    going_on = [name for name in candidates if cost[name] <= step_plan.CALIBRATION_SCREEN_MARGIN * fastest]
     monkeypatch.setattr(StepPlan, "_build", tagged)
     monkeypatch.setattr(StepPlan, "_forward", costed)
     monkeypatch.setattr(step_plan.time, "perf_counter", lambda: clock[0])
     plan = _plan()
     assert plan.backend == min(candidates, key=cost.get)
     (entry,) = json.loads(calibration_file.read_text()).values()
-    assert entry["step_ms"] == {name: cost[name] * 1e3 for name in candidates}
-    ran = len(candidates)
-    turns = [order[i:i + ran] for i in range(ran, ran + step_plan.CALIBRATION_STEPS * ran, ran)]
+    # Those that went on: the median of all turns; those screened out: of the three slow ones.
+    assert entry["step_ms"] == {name: cost[name] * 1e3 * (1 if name in going_on else 10) for name in candidates}
+    ran, screened = len(candidates), step_plan.CALIBRATION_SCREEN_STEPS
     assert sorted(order[:ran]) == sorted(candidates)  # one warm-up step each
-    assert all(sorted(turn) == sorted(candidates) for turn in turns) and len(turns) == step_plan.CALIBRATION_STEPS
+    turns = [order[i:i + ran] for i in range(ran, ran + screened * ran, ran)]
+    assert all(sorted(turn) == sorted(candidates) for turn in turns) and len(turns) == screened
+    rest = order[ran + screened * ran:]
+    later = step_plan.CALIBRATION_STEPS - screened if len(going_on) > 1 else 0
+    assert sorted(rest) == sorted(going_on * later)
 
 
 def test_calibration_trials_run_the_leading_layers_that_reach_the_proxy_size(calibration_file, monkeypatch):

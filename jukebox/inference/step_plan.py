@@ -56,7 +56,9 @@ __all__ = ["StepPlan"]
 log = logging.getLogger(__name__)
 
 CALIBRATION_STEPS = 8  # timed steps per backend (the median counts), after one warm-up step
-CALIBRATION_PROXY_MIB = 256  # trials run the fewest leading layers with this many MiB of weights (or all layers)
+CALIBRATION_SCREEN_STEPS = 3  # after this many, backends slower than CALIBRATION_SCREEN_MARGIN x the fastest stop
+CALIBRATION_SCREEN_MARGIN = 1.3
+CALIBRATION_PROXY_MIB = 128  # trials run the fewest leading layers with this many MiB of weights (or all layers)
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -250,7 +252,9 @@ class StepPlan:
         would, and what each backend packs stays bounded for the large models. Every candidate's layers are
         built first (those that fail to build or run are passed by), then each runs one step in turn, for
         ``CALIBRATION_STEPS`` turns: a slow moment of a shared machine falls on all of them alike. A backend's
-        time is the median of its steps. The steps run at the cache's position without advancing it: the key
+        time is the median of its steps. After ``CALIBRATION_SCREEN_STEPS`` turns, those whose median is over
+        ``CALIBRATION_SCREEN_MARGIN`` times the fastest one's are out of the race and their times stand; the
+        rest go on (none, once one is left). The steps run at the cache's position without advancing it: the key
         and value rows they write are those the real step at this position overwrites first."""
         blocks, weight_mib = [], 0.0
         for block in self._blocks:
@@ -289,6 +293,13 @@ class StepPlan:
                         times[name].append(time.perf_counter() - t)
                     else:
                         del built[name], times[name]
+                if turn + 1 == CALIBRATION_SCREEN_STEPS and built:
+                    fastest = min(statistics.median(times[name]) for name in built)
+                    for name in list(built):
+                        if statistics.median(times[name]) > CALIBRATION_SCREEN_MARGIN * fastest:
+                            del built[name]
+                if turn + 1 >= CALIBRATION_SCREEN_STEPS and len(built) <= 1:
+                    break
             self.layers = []
             return {name: statistics.median(steps) for name, steps in times.items()}
 
