@@ -362,30 +362,33 @@ def _needs_numba():
 @pytest.mark.parametrize("kind", ["TiledLinear", "BlockedLinear"])
 @pytest.mark.parametrize("n_out", [96, 64, 7])
 @pytest.mark.parametrize("rows", [1, 3, 9])
-def test_kernel_products_equal_addmm(n_out, rows, kind, weights):
+@pytest.mark.parametrize("n_in", [24, 72])
+def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     """Float32 CPU steps multiply through the numba kernels (cpu_kernels.TiledLinear's zero-padded column tiles,
     BlockedLinear's four-by-four blocks): addmm's numbers to float32 rounding for any batch and width, float16
     weights read at two bytes and widened exactly, with the layer norm before and quick_gelu and the residual
-    after the product when asked."""
+    after the product when asked. The widths cover BlockedLinear's whole cache lines of weights (vectors) and
+    the rest of a row past them, its groups of four rows, short groups and single rows, and outputs with and
+    without rows far enough ahead to prefetch."""
     from jukebox.transformer.ops import Conv1D
 
     _needs_numba()
     linear = getattr(cpu_kernels, kind)
-    conv = Conv1D(24, n_out)
+    conv = Conv1D(n_in, n_out)
     randomize_weights(conv, seed=n_out)
     conv.b.data.normal_()
     w = conv.w.detach().to(weights)
     g = torch.Generator().manual_seed(rows)
-    x, residual = torch.randn(rows, 24, generator=g) * 3 + 1, torch.randn(rows, n_out, generator=g)
-    norm = (torch.randn(24, generator=g), torch.randn(24, generator=g), 1e-5)
+    x, residual = torch.randn(rows, n_in, generator=g) * 3 + 1, torch.randn(rows, n_out, generator=g)
+    norm = (torch.randn(n_in, generator=g), torch.randn(n_in, generator=g), 1e-5)
     plain = linear(w, conv.b)
     assert plain.weight.dtype == weights  # float16 stays at two bytes
     if kind == "TiledLinear":
-        assert plain.tiles.shape == (-(-n_out // cpu_kernels.TILE), 24, cpu_kernels.TILE)
+        assert plain.tiles.shape == (-(-n_out // cpu_kernels.TILE), n_in, cpu_kernels.TILE)
     wf = w.float()
     torch.testing.assert_close(plain(x), torch.addmm(conv.b, x, wf), atol=1e-5, rtol=1e-5)
     normed = linear(w, conv.b, norm)(x, residual=residual)
-    y = torch.addmm(conv.b, F.layer_norm(x, (24,), *norm), wf)
+    y = torch.addmm(conv.b, F.layer_norm(x, (n_in,), *norm), wf)
     torch.testing.assert_close(normed, residual + y, atol=1e-5, rtol=1e-5)
     activated = linear(w, conv.b, norm, gelu=True)(x)
     torch.testing.assert_close(activated, y * torch.sigmoid(1.702 * y), atol=1e-5, rtol=1e-5)

@@ -12,7 +12,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.core.codegen import get_host_cpu_features
+from numba.core.datamodel import models
+from numba.extending import intrinsic, register_model
 
 __all__ = ["tiled_linear", "blocked_linear", "cached_attention", "blocked_layer"]
 
@@ -53,11 +55,101 @@ def as_float32(typingctx, value):
     return None
 
 
+def _vector_lanes() -> int:
+    """Floats per vector for this CPU, as numba compiles for it: 16 with AVX-512, whose 32 vector registers
+    hold a four-row group's sixteen sums beside its loads, else 8 (AVX2's 16 registers)."""
+    features = numba.config.CPU_FEATURES or get_host_cpu_features()
+    return 16 if "+avx512f" in features.split(",") else 8
+
+
+LANES = _vector_lanes()
+
+
+class Floats(types.Type):
+    """An LLVM vector of ``lanes`` float32: numba has no SIMD type, and its auto-vectoriser keeps neither the
+    sixteen sums of a block in registers nor the prefetches spread through the loop over ``n_in``."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        super().__init__(name=f"float32x{lanes}")
+
+
+def _llvm_floats(lanes: int) -> ir.VectorType:
+    return ir.VectorType(ir.FloatType(), lanes)
+
+
+@register_model(Floats)
+class _FloatsModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _llvm_floats(fe_type.lanes))
+
+
+@intrinsic
+def vzeros(typingctx, lanes):
+    """A ``Floats`` of zeros; ``lanes`` a compile-time integer."""
+    n = getattr(lanes, "literal_value", None)
+    if n is None:
+        return None
+    return Floats(n)(lanes), lambda context, builder, sig, args: ir.Constant(_llvm_floats(n), [0.0] * n)
+
+
+@intrinsic
+def vload(typingctx, array, row, col, lanes):
+    """``array[row, col:col + lanes]`` of a C-contiguous 2-D array as a ``Floats``: float32 as it is, uint16 read
+    as the bits of float16 and widened exactly (``vcvtph2ps`` where the CPU has F16C)."""
+    n = getattr(lanes, "literal_value", None)
+    if n is None or not isinstance(array, types.Array) or array.ndim != 2 or array.layout != "C" \
+            or array.dtype not in (types.float32, types.uint16):
+        return None
+    element = ir.FloatType() if array.dtype == types.float32 else ir.HalfType()
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        at = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]])
+        pointer = builder.bitcast(at, ir.VectorType(element, n).as_pointer())
+        vector = builder.load(pointer, align=array.dtype.bitwidth // 8)
+        return vector if element == ir.FloatType() else builder.fpext(vector, _llvm_floats(n))
+
+    return Floats(n)(array, row, col, lanes), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """``a * b + c`` of three ``Floats``, fused."""
+    if not (isinstance(a, Floats) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vector = args[0].type
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fma.v{vector.count}f32")
+        return builder.call(fma, args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vsum(typingctx, a):
+    """The sum of a ``Floats``' lanes, in any order (a tree of vector adds)."""
+    if not isinstance(a, Floats):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vector = args[0].type
+        reduce = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType(), vector]),
+            f"llvm.vector.reduce.fadd.v{vector.count}f32")
+        return builder.call(reduce, [ir.Constant(ir.FloatType(), 0.0), args[0]], fastmath=("reassoc",))
+
+    return types.float32(a), codegen
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
-    """Ask the CPU to bring the cache line of element ``index`` of a contiguous ``array`` (flat index) into the
-    caches; never faults. numba has no prefetch, so it is LLVM's intrinsic (``prefetcht0`` on x86)."""
-    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+    """Ask the CPU to bring the cache line of element ``index`` of a C-contiguous ``array`` (flat index) into its
+    L2 cache (``prefetcht1``); never faults. numba has no prefetch, so it is LLVM's intrinsic."""
+    if not isinstance(array, types.Array) or array.layout != "C" or not isinstance(index, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
@@ -65,19 +157,11 @@ def prefetch(typingctx, array, index):
         byte = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             ir.VoidType(), [byte, ir.IntType(32), ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0i8")
-        read, keep_in_all_levels, data_cache = (ir.IntType(32)(v) for v in (0, 3, 1))
-        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), read, keep_in_all_levels, data_cache])
+        read, keep_in_l2, data_cache = (ir.IntType(32)(v) for v in (0, 2, 1))
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), read, keep_in_l2, data_cache])
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
-
-
-@numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
-def prefetch_rows(wt, first, count):  # pragma: no cover (rows first..first+count-1 of a C-contiguous wt)
-    n_in = wt.shape[1]
-    line = 64 // wt.itemsize
-    for j in range(first * n_in, min(first + count, wt.shape[0]) * n_in, line):
-        prefetch(wt, j)
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
@@ -115,58 +199,91 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
                 finish(acc[m, j], m, tile * width + j, bias, gelu, residual, out)
 
 
-# Four outputs at a time, for four rows (sixteen sums) or one: the sums are named locals, so LLVM keeps them
-# in vector registers across the loop over n_in (an accumulator array would round-trip through memory every
-# iteration), and each weight element loaded serves every row of the group. Outputs past the end repeat the
-# last one and are not written. Each block asks for the next block's rows before it starts: a weight row is
-# a page or less, so the hardware prefetcher, which stops at page ends, would start over on every row, and
-# the arithmetic between loads (four rows, or float16 widening) leaves too few of them in flight.
-@numba.njit(parallel=True, fastmath=REASSOC, nogil=True, boundscheck=False, cache=True)
+# blocked_linear takes four outputs at a time, for a group of four rows (sixteen sums) or a last single row
+# (four), the sums in vector registers: each weight vector it loads serves every row of the group. Outputs
+# past the end repeat the last one and rows past the end of a short group the last row; neither is written.
+# While the first group multiplies, it asks for the rows PREFETCH_AHEAD ahead, four lines of them for each
+# line of its own: a weight row is a page or less, where the CPU's prefetcher stops and starts over, and
+# asking for a whole block at once stalls the arithmetic until the lines arrive.
+PREFETCH_AHEAD = 8
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+def tail(x, m, wt, o, start):  # pragma: no cover (the sum over n_in past the last whole cache line)
+    total = np.float32(0.0)
+    for k in range(start, x.shape[1]):
+        total += x[m, k] * as_float32(wt[o, k])
+    return total
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+def sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
+    n_in = x.shape[1]
+    line = 64 // wt.itemsize
+    main = n_in - n_in % line
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(LANES)
+    for k0 in range(0, main, line):
+        if ahead >= 0:
+            for q in range(4):
+                prefetch(wt, ahead * n_in + 4 * k0 + q * line)
+        for k in range(k0, k0 + line, LANES):
+            wa, wb, wc, wd = vload(wt, o0, k, LANES), vload(wt, o1, k, LANES), vload(wt, o2, k, LANES), \
+                vload(wt, o3, k, LANES)
+            x0, x1, x2, x3 = vload(x, m0, k, LANES), vload(x, m1, k, LANES), vload(x, m2, k, LANES), \
+                vload(x, m3, k, LANES)
+            a0, a1, a2, a3 = vfma(x0, wa, a0), vfma(x1, wa, a1), vfma(x2, wa, a2), vfma(x3, wa, a3)
+            b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
+            c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
+            d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
+    return (vsum(a0) + tail(x, m0, wt, o0, main), vsum(b0) + tail(x, m0, wt, o1, main),  # row m0's four sums
+            vsum(c0) + tail(x, m0, wt, o2, main), vsum(d0) + tail(x, m0, wt, o3, main),
+            vsum(a1) + tail(x, m1, wt, o0, main), vsum(b1) + tail(x, m1, wt, o1, main),
+            vsum(c1) + tail(x, m1, wt, o2, main), vsum(d1) + tail(x, m1, wt, o3, main),
+            vsum(a2) + tail(x, m2, wt, o0, main), vsum(b2) + tail(x, m2, wt, o1, main),
+            vsum(c2) + tail(x, m2, wt, o2, main), vsum(d2) + tail(x, m2, wt, o3, main),
+            vsum(a3) + tail(x, m3, wt, o0, main), vsum(b3) + tail(x, m3, wt, o1, main),
+            vsum(c3) + tail(x, m3, wt, o2, main), vsum(d3) + tail(x, m3, wt, o3, main))
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+def sums_1x4(x, m, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
+    n_in = x.shape[1]
+    line = 64 // wt.itemsize
+    main = n_in - n_in % line
+    a = b = c = d = vzeros(LANES)
+    for k0 in range(0, main, line):
+        if ahead >= 0:
+            for q in range(4):
+                prefetch(wt, ahead * n_in + 4 * k0 + q * line)
+        for k in range(k0, k0 + line, LANES):
+            xv = vload(x, m, k, LANES)
+            a, b = vfma(xv, vload(wt, o0, k, LANES), a), vfma(xv, vload(wt, o1, k, LANES), b)
+            c, d = vfma(xv, vload(wt, o2, k, LANES), c), vfma(xv, vload(wt, o3, k, LANES), d)
+    return (vsum(a) + tail(x, m, wt, o0, main), vsum(b) + tail(x, m, wt, o1, main),
+            vsum(c) + tail(x, m, wt, o2, main), vsum(d) + tail(x, m, wt, o3, main))
+
+
+@numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out):  # pragma: no cover
-    rows, n_in = x.shape
+    rows = x.shape[0]
     n_out = wt.shape[0]
     if norm_weight.shape[0]:
         x = layer_norm(x, norm_weight, norm_bias, eps)
     for block in numba.prange((n_out + 3) // 4):
         o0 = 4 * block
-        prefetch_rows(wt, o0 + 4, 4)
         o1, o2, o3 = min(o0 + 1, n_out - 1), min(o0 + 2, n_out - 1), min(o0 + 3, n_out - 1)
-        for m0 in range(0, rows - 3, 4):
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = np.float32(0.0)
-            for k in range(n_in):
-                wa, wb = as_float32(wt[o0, k]), as_float32(wt[o1, k])
-                wc, wd = as_float32(wt[o2, k]), as_float32(wt[o3, k])
-                x0, x1, x2, x3 = x[m0, k], x[m0 + 1, k], x[m0 + 2, k], x[m0 + 3, k]
-                a0 += x0 * wa
-                a1 += x1 * wa
-                a2 += x2 * wa
-                a3 += x3 * wa
-                b0 += x0 * wb
-                b1 += x1 * wb
-                b2 += x2 * wb
-                b3 += x3 * wb
-                c0 += x0 * wc
-                c1 += x1 * wc
-                c2 += x2 * wc
-                c3 += x3 * wc
-                d0 += x0 * wd
-                d1 += x1 * wd
-                d2 += x2 * wd
-                d3 += x3 * wd
-            finish4((a0, b0, c0, d0), m0, o0, bias, gelu, residual, out)
-            finish4((a1, b1, c1, d1), m0 + 1, o0, bias, gelu, residual, out)
-            finish4((a2, b2, c2, d2), m0 + 2, o0, bias, gelu, residual, out)
-            finish4((a3, b3, c3, d3), m0 + 3, o0, bias, gelu, residual, out)
-        for m in range(rows - rows % 4, rows):
-            sa = sb = sc = sd = np.float32(0.0)
-            for k in range(n_in):
-                xv = x[m, k]
-                sa += xv * as_float32(wt[o0, k])
-                sb += xv * as_float32(wt[o1, k])
-                sc += xv * as_float32(wt[o2, k])
-                sd += xv * as_float32(wt[o3, k])
-            finish4((sa, sb, sc, sd), m, o0, bias, gelu, residual, out)
+        ahead = o0 + PREFETCH_AHEAD if o0 + PREFETCH_AHEAD + 4 <= n_out else -1
+        for m0 in range(0, rows, 4):
+            if m0 + 1 == rows:
+                finish4(sums_1x4(x, m0, wt, o0, o1, o2, o3, ahead), m0, o0, bias, gelu, residual, out)
+            else:
+                m1, m2, m3 = min(m0 + 1, rows - 1), min(m0 + 2, rows - 1), min(m0 + 3, rows - 1)
+                s = sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead)
+                finish4((s[0], s[1], s[2], s[3]), m0, o0, bias, gelu, residual, out)
+                finish4((s[4], s[5], s[6], s[7]), m1, o0, bias, gelu, residual, out)  # a repeated row: the same again
+                finish4((s[8], s[9], s[10], s[11]), m2, o0, bias, gelu, residual, out)
+                finish4((s[12], s[13], s[14], s[15]), m3, o0, bias, gelu, residual, out)
+            ahead = -1  # the later groups find the block in the cache
 
 
 @numba.njit(fastmath=REASSOC, nogil=True, boundscheck=False, cache=True, inline="always")
