@@ -394,6 +394,39 @@ def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     torch.testing.assert_close(activated, y * torch.sigmoid(1.702 * y), atol=1e-5, rtol=1e-5)
 
 
+# The x86-64 features of a Haswell (AVX2, FMA, F16C), without AVX-512.
+AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsbase,+lzcnt,+movbe,+popcnt,+sse,+sse2,"
+                 "+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f,-avx512vl,-avx512bw,-avx512dq")
+AVX2_CHECK = """
+import torch
+from jukebox.inference import cpu_kernels, numba_kernels
+assert cpu_kernels.available() and numba_kernels.LANES == 8, numba_kernels.LANES
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float16):
+    for n_in, n_out, rows in ((72, 96, 1), (72, 96, 4), (1040, 20, 6)):
+        w, b = torch.randn(n_in, n_out, generator=g).to(dtype), torch.randn(n_out, generator=g)
+        x = torch.randn(rows, n_in, generator=g)
+        torch.testing.assert_close(cpu_kernels.BlockedLinear(w, b)(x), torch.addmm(b, x, w.float()),
+                                   atol=1e-4, rtol=1e-5)
+print("ok")
+"""
+
+
+def test_kernel_products_compiled_for_avx2_equal_addmm(tmp_path):
+    """On a CPU without AVX-512 (an AMD EPYC of the AVX2 generation) BlockedLinear's vectors hold 8 floats, not
+    16: compiled for such a CPU in a process of its own (numba's target set by its environment, its cache in
+    a folder of its own), the products still equal addmm's, float32 and float16 weights alike."""
+    import os
+    import subprocess
+    import sys
+
+    _needs_numba()
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": AVX2_FEATURES,
+           "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     """Without numba (or a parallel threading layer for it) the kernels report unavailable with a
     warning that says so; calibration passes the numba backend by, forcing it is refused, and steps
