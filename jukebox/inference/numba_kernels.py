@@ -201,11 +201,14 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 
 # blocked_linear takes four outputs at a time, for a group of four rows (sixteen sums) or a last single row
 # (four), the sums in vector registers: each weight vector it loads serves every row of the group. Outputs
-# past the end repeat the last one and rows past the end of a short group the last row; neither is written.
+# past the end repeat the last one and are not written; rows past the end of a short group repeat the last
+# row, whose outputs are written again with the same values.
 # While the first group multiplies, it asks for the rows PREFETCH_AHEAD ahead, four lines of them for each
 # line of its own: a weight row is a page or less, where the CPU's prefetcher stops and starts over, and
 # asking for a whole block at once stalls the arithmetic until the lines arrive.
 PREFETCH_AHEAD = 8
+# sums_4x4 and sums_1x4 compile as functions of their own: inlined by numba they made blocked_linear far slower
+# to compile and no faster. tail is inlined: called, it slowed the float16 loop.
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
@@ -216,7 +219,7 @@ def tail(x, m, wt, o, start):  # pragma: no cover (the sum over n_in past the la
     return total
 
 
-@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
     n_in = x.shape[1]
     line = 64 // wt.itemsize
@@ -245,7 +248,7 @@ def sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
             vsum(c3) + tail(x, m3, wt, o2, main), vsum(d3) + tail(x, m3, wt, o3, main))
 
 
-@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def sums_1x4(x, m, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
     n_in = x.shape[1]
     line = 64 // wt.itemsize
