@@ -212,9 +212,8 @@ PREFETCH_AHEAD = 8
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
-def prefetch_ahead(wt, ahead, k0):  # pragma: no cover (at line k0 of a block: four lines of the rows from ahead)
+def prefetch_ahead(wt, ahead, k0, line):  # pragma: no cover (at line k0 of a block: four of the rows from ahead)
     if ahead >= 0:
-        line = 64 // wt.itemsize
         for q in range(4):
             prefetch(wt, ahead * wt.shape[1] + 4 * k0 + q * line)
 
@@ -234,7 +233,7 @@ def sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
     main = n_in - n_in % line
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(LANES)
     for k0 in range(0, main, line):
-        prefetch_ahead(wt, ahead, k0)
+        prefetch_ahead(wt, ahead, k0, line)
         for k in range(k0, k0 + line, LANES):
             wa, wb, wc, wd = vload(wt, o0, k, LANES), vload(wt, o1, k, LANES), vload(wt, o2, k, LANES), \
                 vload(wt, o3, k, LANES)
@@ -261,7 +260,7 @@ def sums_1x4(x, m, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
     main = n_in - n_in % line
     a = b = c = d = vzeros(LANES)
     for k0 in range(0, main, line):
-        prefetch_ahead(wt, ahead, k0)
+        prefetch_ahead(wt, ahead, k0, line)
         for k in range(k0, k0 + line, LANES):
             xv = vload(x, m, k, LANES)
             a, b = vfma(xv, vload(wt, o0, k, LANES), a), vfma(xv, vload(wt, o1, k, LANES), b)

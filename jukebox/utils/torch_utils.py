@@ -62,8 +62,8 @@ def params_checksum(model: nn.Module) -> torch.Tensor:
 
 def transposed(w: torch.Tensor, dtype: torch.dtype | None = None, band: int = 64) -> torch.Tensor:
     """A contiguous copy of the transpose of ``w`` ``(A, B)`` -> ``(B, A)`` (in ``dtype`` if given), copied
-    ``band`` rows of ``w`` at a time. ``w.t().contiguous()`` writes the whole output a row apart for every
-    element it reads, which runs at about half this speed on large weights; a band stays in cache."""
+    ``band`` rows of ``w`` at a time: ``w.t().contiguous()`` writes the whole output a row apart for every
+    element it reads, so on large weights each write misses the cache; a band's rows stay in it."""
     w = w.detach()
     out = torch.empty(w.shape[1], w.shape[0], dtype=dtype or w.dtype, device=w.device)
     for start in range(0, w.shape[0], band):
