@@ -6,6 +6,7 @@ artist/genre tables of the released models: tests that need them read ``$JUKEBOX
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,21 @@ requires_released_ids = pytest.mark.skipif(
     reason="needs OpenAI's released artist/genre tables (v2_/v3_artist_ids.txt, v2_/v3_genre_ids.txt from the "
            "original repository's jukebox/data/ids/): set JUKEBOX_IDS_DIR to the folder that holds them")
 
+# The mpiexec that `pip install mpi4py mpich` puts beside this Python; tests that launch ranks need it.
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+requires_mpiexec = pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed beside this Python "
+                                      "(pip install mpi4py mpich)")
+
 # The released tables are never fetched by the suite: the address below refuses at once.
 os.environ.setdefault("JUKEBOX_IDS_URL", "http://127.0.0.1:9/")
+
+
+def env_importing(*folders: Path, **extra: str) -> dict[str, str]:
+    """This process's environment for a subprocess that imports from ``folders`` first, keeping the
+    PYTHONPATH it already has (an install outside the virtual environment may rely on it)."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, folders), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def load_fixture(name: str) -> dict:

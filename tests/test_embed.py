@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import DATA, IDS_DIR, REPO, randomize_weights
+from conftest import DATA, IDS_DIR, REPO, env_importing, randomize_weights
 from helpers import tiny_model
 from jukebox.embed import Embedder, EmbeddingModel, Recipe, load_embedding_model
 from jukebox.embed.embedder import resample_frames
@@ -237,8 +237,7 @@ def test_layers_deeper_than_the_prior_are_refused():
 # ------------------------------------------------------------------------------------------------- command line
 def _env(**extra: str) -> dict[str, str]:
     """This checkout's package first, one thread, no debug tracebacks."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env = env_importing(REPO, OMP_NUM_THREADS="1", **extra)
     env.pop("JUKEBOX_DEBUG", None)
     return env
 
@@ -280,8 +279,8 @@ def test_cli_on_the_demo_model_reports_a_corrupt_file_and_reruns_skip_the_rest(t
     long_feats = np.load(out / "album" / "long.flac.npy")
     assert long_feats.shape == (2, 256) and np.isfinite(long_feats).all()
 
-    # The Python API gives the same arrays.
-    embedder = Embedder("demo", [2, 6], windows="all", device="cpu")
+    # The Python API gives the same arrays (on the CLI's device and precision: float16 where CUDA is).
+    embedder = Embedder("demo", [2, 6], windows="all", batch_size=2)
     np.testing.assert_allclose(embedder(music / "album" / "long.flac"), long_feats, atol=1e-5, rtol=1e-5)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import HELPERS, IDS_DIR
+from conftest import HELPERS, IDS_DIR, MPIEXEC, requires_mpiexec
 from helpers.tiny_model import COMMON, SR, TOKENS, tiny_model
 from helpers.training import TINY_VQVAE
 from jukebox import sample
@@ -29,7 +29,6 @@ from jukebox.utils.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -140,7 +139,7 @@ def test_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
+@requires_mpiexec
 def test_mpi_sampling_killed_mid_level_resumes_to_the_same_codes(tiny):
     expected = [_reference(tiny, f"reference_{seed}", seed=seed) for seed in (7, 8)]  # rank r samples seed + r
     cmd = _command(tiny, "mpi", seed=7, ranks=2)
@@ -322,7 +321,7 @@ def test_disk_full_while_training_saves_keeps_checkpoint_latest(tmp_path, monkey
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec is not installed in this environment")
+@requires_mpiexec
 @pytest.mark.parametrize("failure", ["raise", "kill"])
 def test_one_failing_rank_ends_the_whole_job(tmp_path, failure):
     script = HELPERS / "failing_rank.py"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, HELPERS, IDS_DIR
+from conftest import DATA, HELPERS, IDS_DIR, env_importing
 from helpers.tiny_model import tiny_model
 from jukebox import download, make_models, sample
 from jukebox.data.artist_genre_processor import ArtistGenreProcessor
@@ -177,7 +176,7 @@ def test_each_part_opens_only_its_own_shards(tiny, registered, monkeypatch):
 
 
 def _helper(*args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HELPERS.parents[1]), str(HELPERS.parent)]))
+    env = env_importing(HELPERS.parents[1], HELPERS.parent)
     out = subprocess.run([sys.executable, str(HELPERS / "restore_part_memory.py"), *args], capture_output=True,
                          text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, HELPERS, IDS_DIR
+from conftest import DATA, HELPERS, IDS_DIR, MPIEXEC, requires_mpiexec
 from helpers.tiny_model import COMMON, SR, TOKENS, tiny_model
 from jukebox import make_models, sample
 from jukebox.hparams import setup_hparams
@@ -175,11 +175,9 @@ def test_bad_arguments_are_explained(workdir, monkeypatch):
         _run(workdir, monkeypatch, name="bad", sample_length_in_seconds=0.05)
 
 
+@requires_mpiexec
 def test_cli_under_mpiexec_writes_one_folder_per_rank(workdir):
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    if not mpiexec.exists():
-        pytest.skip("mpiexec is not installed in this environment")
-    cmd = [str(mpiexec), "-n", "2", sys.executable, str(HELPERS / "tiny_sample.py"), str(workdir),
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(HELPERS / "tiny_sample.py"), str(workdir),
            "--model=tiny_test", "--name=mpi", "--levels=3",
            "--sample_length_in_seconds=0.25", "--total_sample_length_in_seconds=2", f"--sr={SR}", "--n_samples=1",
            "--hop_fraction=0.5,0.5,0.5", "--fp16=False", f"--ids_dir={IDS_DIR}", "--seed=5"]

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, HELPERS, REPO
+from conftest import DATA, HELPERS, MPIEXEC, REPO, requires_mpiexec
 from helpers.training import TINY_VQVAE
 
 PYTHON = sys.executable
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 TRAIN = str(REPO / "jukebox" / "train.py")
 SCRIPTS = REPO / "scripts"
 
@@ -27,7 +26,7 @@ MPI_STEPS = 30
 
 def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "JUKEBOX_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "PYTHON": PYTHON, "MPIEXEC": MPIEXEC}
+            "PYTHON": PYTHON, "MPIEXEC": str(MPIEXEC)}
 
 
 def _start(cmd: list[str], tmp: Path) -> subprocess.Popen:
@@ -87,6 +86,7 @@ def mpi_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@requires_mpiexec
 def test_mpi_training_learns_and_keeps_replicas_in_sync(mpi_run):
     _, logdir, out = mpi_run
     records = _records(logdir)
@@ -107,6 +107,7 @@ def test_mpi_training_learns_and_keeps_replicas_in_sync(mpi_run):
 
 
 @pytest.mark.slow
+@requires_mpiexec
 def test_mpi_checkpoints_are_complete_and_weights_only(mpi_run):
     _, logdir, _ = mpi_run
     for step in (10, 20, 30):
@@ -127,6 +128,7 @@ def test_mpi_checkpoints_are_complete_and_weights_only(mpi_run):
 
 
 @pytest.mark.slow
+@requires_mpiexec
 def test_resume_continues_step_optimizer_and_schedule(mpi_run):
     tmp, logdir, _ = mpi_run
     saved = _load(logdir / "checkpoint_latest.pth.tar")
@@ -160,10 +162,11 @@ def test_unknown_hparam_fails_fast_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.slow
+@requires_mpiexec
 def test_an_exception_on_one_rank_ends_the_whole_mpi_job(tmp_path):
     script = HELPERS / "failing_train_step.py"
     start = time.time()
-    cmd = [MPIEXEC, "-n", "2", PYTHON, str(script), "--name=fail", *TINY_VQVAE,
+    cmd = [str(MPIEXEC), "-n", "2", PYTHON, str(script), "--name=fail", *TINY_VQVAE,
            f"--local_logdir={tmp_path / 'logs'}", "--exit_train=50"]
     code, out = _run(cmd, tmp_path, timeout=150)
     assert code != 0
@@ -198,6 +201,7 @@ def test_sigterm_stops_cleanly_and_saves_latest(tmp_path, target):
 
 
 @pytest.mark.slow
+@requires_mpiexec
 def test_prior_trains_on_frozen_vqvae_codes_and_resumes(mpi_run):
     """The README's small_prior recipe (all_fp16, cpu_ema) scaled down, on the tiny VQ-VAE's top level:
     32 tokens of level 1 (hop 256) per 8192-sample window."""
@@ -280,7 +284,7 @@ def test_launch_scripts_run_the_readme_commands(script, tmp_path):
     extra = ["5000", "2000"] if script == "anneal_prior.sh" else []
     out = subprocess.run(["bash", str(SCRIPTS / script), str(audio), "3", *extra, "--seed=7"], env={
         **_env(tmp_path), "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30, check=True).stdout.split()
-    assert out[:5] == [MPIEXEC, "-n", "3", PYTHON, "jukebox/train.py"]
+    assert out[:5] == [str(MPIEXEC), "-n", "3", PYTHON, "jukebox/train.py"]
     assert out[5:] == README_COMMANDS[script].format(audio=audio).split() + ["--seed=7"]
 
 
@@ -317,3 +321,13 @@ def test_cpu_ranks_on_one_machine_share_its_cores(set_omp):
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     expected = int(omp_threads) if omp_threads else share
     assert [int(out.split()[-1]) for out, _ in outs] == [expected, expected]
+
+
+@pytest.mark.parametrize("device, local_size, gpus, expected", [
+    ("cpu", 2, 0, "gloo"), ("cuda", 1, 1, "nccl"), ("cuda", 4, 8, "nccl"), ("cuda", 2, 1, "gloo")])
+def test_ranks_that_share_a_gpu_reduce_through_gloo(monkeypatch, device, local_size, gpus, expected):
+    """NCCL refuses two ranks on one GPU, so ranks that outnumber a machine's GPUs go through gloo."""
+    from jukebox.utils import dist_utils
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert dist_utils.default_backend(torch.device(device), local_size) == expected

@@ -1,7 +1,8 @@
 """Process-group set-up for plain ``python``, ``mpiexec -n N`` and ``torchrun``, and the
 rank-aware helpers used everywhere else (``print_once``, ``allreduce``, ``allgather``).
 
-Backend: NCCL when the process owns a CUDA device, gloo otherwise. Under MPI, rank 0 picks the
+Backend: NCCL when every rank of a machine has a CUDA device of its own, gloo otherwise (on CPU,
+or when ranks share a GPU, which NCCL refuses). Under MPI, rank 0 picks the
 rendezvous address and a free port and broadcasts them with mpi4py. An uncaught exception on
 any rank aborts the whole MPI job (``MPI_Abort``) so the other ranks never hang in a collective.
 """
@@ -69,6 +70,17 @@ def _pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def default_backend(device: torch.device, local_size: int) -> str:
+    """The process-group backend for ``local_size`` ranks on this machine, this rank on ``device``.
+
+    NCCL needs a GPU per rank ("Duplicate GPU detected" otherwise); gloo reduces CUDA tensors too,
+    so ranks that outnumber the GPUs share them through gloo, more slowly.
+    """
+    if device.type == "cuda" and local_size <= torch.cuda.device_count():
+        return "nccl"
+    return "gloo"
+
+
 def setup_dist_from_mpi(port: int = 29500, backend: str | None = None,
                         timeout_s: float = 600.0) -> tuple[int, int, torch.device]:
     """Initialise ``torch.distributed`` if launched with several processes.
@@ -117,9 +129,12 @@ def setup_dist_from_mpi(port: int = 29500, backend: str | None = None,
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks on one machine share its cores: each takes its part instead of all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
-    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    backend = backend or default_backend(device, local_size)
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    if device.type == "cuda" and backend == "gloo":
+        print_once(f"{local_size} ranks share {torch.cuda.device_count()} GPU(s) on this machine: collectives go "
+                   "through gloo, slower than NCCL; start one rank per GPU for full speed")
     # Left to interpreter shutdown, the process group's threads can abort a finished rank
     # ("terminate called without an active exception"); tear it down first.
     atexit.register(_destroy_process_group)
