@@ -220,8 +220,10 @@ class StepPlan:
         self._blocks = list(layers)
         if self.on_cpu and dtype == torch.float32:
             # A finished window's plan can sit in a reference cycle with its sampler; its packed weights (the size
-            # of the model) would then wait for Python's next full collection, which tensors never trigger.
-            gc.collect()
+            # of the model) would then wait for Python's next full collection, which tensors never trigger. Freed
+            # before packing a copy of them again; plain products pack nothing.
+            if cpu_backend != "plain":
+                gc.collect()
             backend = cpu_backends.get_backend(cpu_backend) if cpu_backend is not None else self._calibrate()
             self.backend = backend.name
         else:
