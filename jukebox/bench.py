@@ -261,17 +261,20 @@ def alternating(runs: dict, repeats: int, warm_up: bool = True) -> dict:
 
 
 class Measured(NamedTuple):
-    """What a timed ``sample`` run leaves: its step times, priming seconds (None: not primed) and total seconds
+    """What a timed ``sample`` run leaves: its step times, priming seconds (None: not primed), total seconds and
+    the positions of its first priming chunk, which on CPU can exceed the chunk size asked (``CPU_CHUNK_ROWS``)
     (not its timer, which holds the sampler, its packed weights and its cache)."""
 
     steps: list[float]
     prime: float | None
     total: float
+    chunk: int
 
 
 def _measured(sample, *args, **kwargs) -> Measured:
     timer, total = sample(*args, **kwargs)
-    return Measured(timer.step_times(), None if timer.primed is None else timer.prime_time(), total)
+    return Measured(timer.step_times(), None if timer.primed is None else timer.prime_time(), total,
+                    timer.calls[0][1])
 
 
 def _step_times(runs: list[Measured]) -> list[float]:
@@ -309,11 +312,13 @@ def _time_priming(out: dict, sample, model, dev: torch.device, g: torch.Generato
         primes = [run.prime for run in timed]
         news = [run.total - run.prime for run in timed]
         prime_s, new_s = statistics.median(primes), statistics.median(news)
-        res = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, seconds=prime_s,
+        chunk = timed[0].chunk
+        res = dict(n_samples=n, tokens=prime_tokens, chunk_size=chunk_size, chunk_run=chunk, seconds=prime_s,
                    tokens_per_s=n * prime_tokens / prime_s, new_tokens=new_tokens,
                    new_tokens_per_s=n * new_tokens / new_s)
         out["priming" if name is None else f"priming_{name}"] = res
-        what = f"  priming {prime_tokens} tokens x {n} in chunks of {chunk_size}" if name is None else \
+        asked = f" ({chunk_size} asked)" if chunk != chunk_size else ""
+        what = f"  priming {prime_tokens} tokens x {n} in chunks of {chunk}{asked}" if name is None else \
             f"    the same with --cpu_backend={name} (an opt-in, not exact)"
         log(f"{what}: {prime_s:.2f} s = {n * prime_tokens / prime_s:.0f} tokens/s; then {new_tokens} new: "
             f"{n * new_tokens / new_s:.1f} tokens/s")

@@ -10,7 +10,7 @@ import torch
 
 from conftest import randomize_weights
 from jukebox import bench, sample
-from jukebox.inference import cpu_backends, step_plan
+from jukebox.inference import cpu_backends, sampler, step_plan
 from jukebox.inference.sampler import TokenSampler
 from jukebox.inference.session import SamplingOptions
 from jukebox.inference.step_plan import StepPlan
@@ -155,17 +155,18 @@ def _prior() -> ConditionalAutoregressive2D:
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_forcing_a_backend_through_the_sampler(name, calibration_file):
-    """A forced backend runs every step (and the output layer, where it is exact) without calibrating; exact ones
-    give the plain path's logits."""
+def test_forcing_a_backend_through_the_sampler(name, calibration_file, monkeypatch):
+    """A forced backend runs every step, the priming chunks (asked chunks of 2, kept) and the output layer
+    (where it is exact) without calibrating; exact ones give the plain path's logits."""
+    monkeypatch.setattr(sampler, "CPU_CHUNK_ROWS", 1)
     m = _prior()
     g = torch.Generator().manual_seed(3)
     x, x_cond = torch.randint(40, (N, N_CTX), generator=g), torch.randn(N, N_CTX, W, generator=g)
-    sampler = TokenSampler(m, cpu_backend=name)
+    forced = TokenSampler(m, cpu_backend=name)
     with torch.no_grad():
-        got = sampler.cached_logits(x, x_cond, n_prime=5, chunk_size=2)
+        got = forced.cached_logits(x, x_cond, n_prime=5, chunk_size=2)
         plain = TokenSampler(m, plain_step=True).cached_logits(x, x_cond, n_prime=5, chunk_size=2)
-    assert sampler.plan.backend == name and not calibration_file.exists()
+    assert forced.plan.backend == name and not calibration_file.exists()
     torch.testing.assert_close(got, plain, atol=1e-5 if name in EXACT else 1e-2, rtol=0)
 
 

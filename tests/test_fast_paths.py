@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_weights
-from jukebox.inference import cpu_backends, cpu_kernels
+from jukebox.inference import cpu_backends, cpu_kernels, sampler
 from jukebox.inference.sampler import TokenSampler
 from jukebox.inference.step_plan import StepPlan
 from jukebox.prior.autoregressive import ConditionalAutoregressive2D
@@ -188,7 +188,8 @@ def _prior_inputs(seed: int, device: str = "cpu"):
     return x.to(device), *(c.to(device) for c in conds)
 
 
-def test_prior_cached_logits_fast_equal_plain_and_forward():
+def test_prior_cached_logits_fast_equal_plain_and_forward(monkeypatch):
+    monkeypatch.setattr(sampler, "CPU_CHUNK_ROWS", 1)  # the asked chunks of 4, so that the chunk plan runs
     m = _prior()
     x, x_cond, y_cond, enc = _prior_inputs(3)
     with torch.no_grad():
@@ -197,6 +198,24 @@ def test_prior_cached_logits_fast_equal_plain_and_forward():
         plain = TokenSampler(m, plain_step=True).cached_logits(x, x_cond, y_cond, enc, n_prime=10, chunk_size=4)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
+
+
+def test_cpu_priming_chunks_multiply_at_least_cpu_chunk_rows(monkeypatch):
+    """On CPU, chunk_size (which bounds a GPU's memory) is raised until a chunk multiplies CPU_CHUNK_ROWS rows
+    (samples x positions): 12 rows over N = 2 samples make chunks of 6 where 4 were asked, and the logits are
+    the plain path's."""
+    _needs_numba()
+    monkeypatch.setattr(sampler, "CPU_CHUNK_ROWS", 12)
+    lengths = []
+    chunk = StepPlan.chunk
+    monkeypatch.setattr(StepPlan, "chunk", lambda plan, x, length: lengths.append(length) or chunk(plan, x, length))
+    m = _prior()
+    x, x_cond, y_cond, enc = _prior_inputs(4)
+    with torch.no_grad():
+        got = m.cached_logits(x, x_cond, y_cond, enc, n_prime=20, chunk_size=4)
+        plain = TokenSampler(m, plain_step=True).cached_logits(x, x_cond, y_cond, enc, n_prime=20, chunk_size=4)
+    assert lengths == [6, 6, 2]  # after the first chunk of 6, which fills the encoder states on the module path
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -216,9 +235,9 @@ def test_prior_static_step_matches_plain_path(device):
     torch.testing.assert_close(static, plain, atol=atol, rtol=0)
     torch.testing.assert_close(ancestral, ancestral_plain, atol=atol, rtol=0)
     samples = []
-    for sampler in (graph_steps, plain_steps):
+    for steps in (graph_steps, plain_steps):
         torch.manual_seed(1)
-        samples.append(sampler.sample(N, x_cond, y_cond, enc, sample_tokens=30))
+        samples.append(steps.sample(N, x_cond, y_cond, enc, sample_tokens=30))
     assert torch.equal(samples[0], samples[1])
     if device == "cuda":
         with torch.no_grad():
@@ -272,11 +291,12 @@ def test_fp16_weights_are_exact_and_the_opt_in_rounds(any_backend):
     assert (exact - rounded).abs().max() > 1e-6  # the opt-in really computes with rounded weights
 
 
-def test_bench_helpers_count_weights_and_steps():
+def test_bench_helpers_count_weights_and_steps(monkeypatch):
     """The benchmark's floor counts every weight a step reads; its timer sees the priming and every step, on both
     step paths (no timing asserted)."""
     from jukebox.bench import _timed, weight_bytes_per_step
 
+    monkeypatch.setattr(sampler, "CPU_CHUNK_ROWS", 1)  # the asked chunks of 4
     m = _prior()
     linear_w = sum(p.numel() for n, p in m.transformer.named_parameters() if n.endswith(".w"))
     everything = sum(p.numel() for p in m.transformer.parameters()) + m.x_out.weight.numel()

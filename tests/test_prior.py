@@ -9,6 +9,7 @@ import torch
 from conftest import IDS_DIR, load_fixture
 from jukebox.data.labels import EmptyLabeller, Labeller
 from jukebox.hparams import Hyperparams
+from jukebox.inference import sampler
 from jukebox.make_models import make_labeller, make_prior, make_vqvae
 from jukebox.prior.conditioners import RangeEmbedding
 
@@ -151,8 +152,9 @@ def test_cached_step_logits(case):
         _close(logits[:, p0:], run["step_logits"], LOGITS_ATOL)
 
 
-def test_cache_matches_full_forward(case):
+def test_cache_matches_full_forward(case, monkeypatch):
     """Priming in uneven chunks then stepping gives the logits of one uncached forward pass."""
+    monkeypatch.setattr(sampler, "CPU_CHUNK_ROWS", 1)  # chunks of 7 as asked, not the CPU's larger ones
     fixture, prior = case
     out = fixture["outputs"]
     y = fixture["inputs"]["y"]

@@ -7,7 +7,8 @@ fresh cache in chunks, then every step feeds one position and draws its token fr
 * the first position (and every step with ``plain_step``, or while attention is recorded) runs the
   model's plain cached forward;
 * on CPU, priming chunks after the first run a ``StepPlan`` of chunks (the numba attention kernel, the
-  products of the ``cpu_backend`` named or the plain ones) where numba's kernels run;
+  products of the ``cpu_backend`` named or the plain ones) where numba's kernels run, in chunks of at least
+  ``CPU_CHUNK_ROWS`` rows;
 * on CPU, and on CUDA with ``cuda_graph=False``, the next ones run a ``StepPlan`` (on CPU through the
   ``cpu_backend`` named, or the one calibrated for this machine: see ``cpu_backends``);
 * with ``cuda_graph`` (default: on CUDA), a ``StaticStep`` replays the whole step as a CUDA graph.
@@ -29,6 +30,11 @@ from jukebox.utils.dist_utils import print_once
 __all__ = ["TokenSampler", "sample_codes", "draw", "filter_logits", "get_split_chunks"]
 
 Hook = Callable[[], None]
+
+# Rows a CPU priming chunk multiplies at least (samples x positions). Its products are compute-bound and a
+# BLAS comes closer to its peak with more rows; ``chunk_size`` exists to bound a GPU's memory, and on a CPU
+# the activations of a few hundred positions are small beside the weights.
+CPU_CHUNK_ROWS = 512
 
 
 def get_split_chunks(length: int, chunk_size: int | None) -> list[int]:
@@ -172,10 +178,14 @@ class TokenSampler:
         cache = self.cache = m.transformer.new_cache(N, dtype, x.device)
         self.plan = None
         t, chunk_plan = 0, None
+        on_plan = self._primes_on_plan(cache)
+        if on_plan and chunk_size is not None:
+            chunk_size = max(chunk_size, -(-CPU_CHUNK_ROWS // N))
         chunks = get_split_chunks(n_prime, chunk_size)
         for i, size in enumerate(chunks):
-            if i == 1:
-                chunk_plan = self._chunk_plan(cache, N * chunks[0])
+            if i == 1 and on_plan:
+                chunk_plan = StepPlan(list(m.transformer._attn_mods), cache, cache.dtype, self.cpu_backend or "plain",
+                                      chunk_rows=N * chunks[0])
             if chunk_plan is not None:
                 h, cond = m.sampling_inputs(x, t, t + size, start, pos_emb, x_cond)
                 h = chunk_plan.chunk(h.to(chunk_plan.dtype).reshape(N * size, -1), size).view(h.shape)
@@ -207,16 +217,14 @@ class TokenSampler:
                 x[:, t:t + 1] = draw(logits)
         return x, preds
 
-    def _chunk_plan(self, cache: KVCache, rows: int) -> StepPlan | None:
-        """The plan that primes the chunks after the first (which fills the encoder states) on CPU in float32: its
-        products through the ``cpu_backend`` named (else ``plain``), built for ``rows`` rows, and the numba
-        attention kernel; or None where priming stays on the module path (off the CPU, ``plain_step``,
-        recorded attention, no numba kernels here)."""
-        blocks = list(self.model.transformer._attn_mods)
-        if self.plain_step or cache.dtype != torch.float32 or cache.layers[0].key.device.type != "cpu" \
-                or any(block.attn.record_attn for block in blocks) or not cpu_kernels.available():
-            return None
-        return StepPlan(blocks, cache, cache.dtype, self.cpu_backend or "plain", chunk_rows=rows)
+    def _primes_on_plan(self, cache: KVCache) -> bool:
+        """Whether the priming chunks after the first (which fills the encoder states) run a ``StepPlan`` of
+        chunks: on CPU in float32, its products through the ``cpu_backend`` named (else ``plain``) and the numba
+        attention kernel. Elsewhere (off the CPU, ``plain_step``, recorded attention, no numba kernels here)
+        priming stays on the module path."""
+        return not self.plain_step and cache.dtype == torch.float32 and cache.layers[0].key.device.type == "cpu" \
+            and not any(block.attn.record_attn for block in self.model.transformer._attn_mods) \
+            and cpu_kernels.available()
 
     def _fast_step(self, cache: KVCache, start: torch.Tensor, pos_emb: torch.Tensor, x_cond: torch.Tensor | None
                    ) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
