@@ -173,6 +173,11 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
         log(f"{hps} on {cpu['model']} ({cpu['isa']}; torch kernels {cpu['torch_isa']}), {threads} threads of "
             f"{os.cpu_count()} cores, load average {load:.1f}, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    elif dev.type == "cuda":
+        out["gpu"] = gpu = torch.cuda.get_device_name(dev)
+        out["cpu"] = cpu_backends.cpu_info()
+        log(f"{hps} on {gpu} (torch {torch.__version__}, CUDA {torch.version.cuda}; host CPU {out['cpu']['model']}, "
+            f"load average {load:.1f})")
     else:
         log(f"{hps} on {dev}")
     log(f"  {params / 1e6:.1f} M parameters; a step reads {weight_bytes / 1e6:.0f} MB of weights; "
