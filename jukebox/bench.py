@@ -4,14 +4,16 @@ Builds a prior with random weights from registry sets, then measures, after a wa
 medians over repeats:
 
 * ancestral sampling: seconds per token step and tokens/s for each ``--n_samples``;
-* priming ``--prime_tokens`` known tokens in chunks of ``--chunk_size``, then ``--new_tokens`` new ones (on a
-  CPU with bfloat16, also through the ``onednn_bf16`` opt-in);
+* priming ``--prime_tokens`` known tokens in chunks of ``--chunk_size`` (on CPU at least
+  ``sampler.CPU_CHUNK_ROWS`` rows; the chunk run is printed), then ``--new_tokens`` new ones (on a CPU with
+  bfloat16, also through the ``onednn_bf16`` opt-in);
 * the step time deep in the context (after priming ``--deep`` tokens) against near the start;
 * the key/value cache per sample;
 * on CPU, every backend of ``jukebox.inference.cpu_backends`` that runs here, forced in turn
   (alternating rounds), beside the one calibration chose;
 
-and prints them, with the CPU model, its ISA and the threads, beside the floor computed on the spot:
+and prints them, with the CPU model, its ISA and the threads (on CUDA the GPU, the torch and CUDA versions and
+the host CPU), beside the floor computed on the spot:
 the bytes of weights one step reads divided by the memory bandwidth of a large tensor copy on the
 same machine and threads (measured at the start and again before every timed ancestral run, since
 it drifts on shared machines). A step can not be faster than reading every weight once, whatever

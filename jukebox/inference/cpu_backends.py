@@ -64,11 +64,13 @@ class Backend:
     ``fuses``: ``linear`` also takes ``norm = (weight, bias, eps)``, a layer norm of its input, and
     ``gelu``, quick_gelu of its output, and the product takes ``residual`` ``(M, n_out)`` to add.
     ``attends``: the numba cache attention runs the layers' attention where numba is available.
+    ``packs``: ``linear`` makes a copy of the weight (transposed, reordered or rounded) for the plan to hold.
     """
 
     name = ""
     fuses = False
     attends = True
+    packs = True
 
     def missing(self) -> str | None:
         """Why this backend can not run here, or None."""
@@ -100,6 +102,7 @@ class Addmm:
 class Plain(Backend):
     name = "plain"
     attends = False
+    packs = False
 
     def linear(self, w, b, batch, norm=None, gelu=False):
         return Addmm(w, b, torch.float32)

@@ -221,10 +221,11 @@ class StepPlan:
         if self.on_cpu and dtype == torch.float32:
             # A finished window's plan can sit in a reference cycle with its sampler; its packed weights (the size
             # of the model) would then wait for Python's next full collection, which tensors never trigger. Freed
-            # before packing a copy of them again; plain products pack nothing.
-            if cpu_backend != "plain":
+            # before packing a copy of them again (calibration packs every candidate).
+            forced = cpu_backends.get_backend(cpu_backend) if cpu_backend is not None else None
+            if forced is None or forced.packs:
                 gc.collect()
-            backend = cpu_backends.get_backend(cpu_backend) if cpu_backend is not None else self._calibrate()
+            backend = forced or self._calibrate()
             self.backend = backend.name
         else:
             backend, self.backend = None, None
