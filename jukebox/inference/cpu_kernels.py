@@ -6,11 +6,11 @@ floor is the time to read the weights. The CPU BLAS does not get there for so fe
 repacks the weight on every call and reads it at half the bandwidth or less (about 6 GB/s for 4
 rows on the 2-core development machine, against 25 GB/s for a plain copy).
 
-Here the weight is stored for the run as its transpose ``(n_out, n_in)``, float16 weights still at two
-bytes, and a small numba kernel computes four outputs for four rows at a time: sixteen sums held in
-registers while it streams four weight rows once. Every output is a float32 dot product over ``n_in``
-(partial sums added at the end; float16 weights widened exactly), so it differs from ``addmm`` of the
-float32 weight by float32 rounding only.
+Here the weight is stored for the run in blocks of four outputs (``blocks``), each block one contiguous
+stretch, float16 weights still at two bytes, and a small numba kernel computes four outputs for four rows
+at a time: sixteen sums held in registers while it streams the block once. Every output is a float32 dot
+product over ``n_in`` (partial sums added at the end; float16 weights widened exactly), so it differs from
+``addmm`` of the float32 weight by float32 rounding only.
 
 A step's other work is a few hundred tiny tensor operations, each costing more in dispatch than in
 arithmetic; the kernels also take the layer norm before a product, the activation and residual
@@ -29,9 +29,7 @@ import warnings
 import numpy as np
 import torch
 
-from jukebox.utils.torch_utils import transposed
-
-__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "windows",
+__all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "blocks", "windows",
            "CacheAttention", "attention", "BlockedLayer"]
 
 TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any batch of samples
@@ -54,7 +52,7 @@ def _kernels():
     try:
         numba, tiled, blocked, attention_kernel = _build_kernels()
         products = []  # compiles them (or loads them), starts the threads
-        for kernel, weight in ((tiled, np.ones((1, 2, 2), np.float32)), (blocked, np.ones((2, 2), np.float32))):
+        for kernel, weight in ((tiled, np.ones((1, 2, 2), np.float32)), (blocked, blocks(torch.ones(2, 2)).numpy())):
             products.append(np.empty((1, 2), dtype=np.float32))
             kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, weight, np.zeros(2, np.float32), False,
                    _NONE_2D, products[-1])
@@ -154,14 +152,30 @@ class TiledLinear(_FusedLinear):
 
 
 class BlockedLinear(_FusedLinear):
-    """A ``_FusedLinear`` over the weight's transpose ``(n_out, n_in)``: four outputs for four rows at a time,
-    sixteen sums held in registers while four weight rows stream once; every output is a float32 dot
-    product over ``n_in`` in partial sums added at the end."""
+    """A ``_FusedLinear`` over the weight in blocks of four outputs (``blocks``): four outputs for four rows at a
+    time, sixteen sums held in registers while the block streams once; every output is a float32 dot product
+    over ``n_in`` in partial sums added at the end."""
 
     __slots__ = ()
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
-        super().__init__(transposed(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu)
+        super().__init__(blocks(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu)
+
+
+def blocks(w: torch.Tensor) -> torch.Tensor:
+    """A weight ``(n_in, n_out)`` as ``numba_kernels.blocked_linear`` streams it: ``(ceil(n_out / 4), 4 K)``, K being
+    n_in rounded up to whole vectors of ``numba_kernels.LANES`` floats; block b holds outputs 4b..4b+3, their
+    vectors interleaved (output 4b+q's inputs k..k+LANES-1, for k a multiple of LANES, at 4k + q LANES), zero past
+    the weight's end. Needs ``available()``."""
+    from jukebox.inference.numba_kernels import LANES
+
+    n_in, n_out = w.shape
+    k, o = -(-n_in // LANES) * LANES, -(-n_out // 4) * 4
+    if (k, o) != (n_in, n_out):
+        padded = w.new_zeros(k, o)
+        padded[:n_in, :n_out] = w
+        w = padded
+    return w.detach().reshape(k // LANES, LANES, o // 4, 4).permute(2, 0, 3, 1).reshape(o // 4, 4 * k)
 
 
 def windows(*positions: tuple[int, int, int, int]) -> np.ndarray:
@@ -208,11 +222,10 @@ def _layer_kernel():
         return None
     from jukebox.inference import numba_kernels
 
-    ones, zeros = np.ones((1, 1), np.float32), np.zeros(1, np.float32)
-    product = (_NONE_1D, _NONE_1D, 0.0, ones, zeros, False)
+    product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False)
     try:  # one sample, one position, width 1: every product is x -> x, the residuals double it twice
         out = numba_kernels.blocked_layer(np.ones((1, 1), np.float32), 1, (_NONE_1D, _NONE_1D, 0.0,
-                                          np.ones((3, 1), np.float32), np.zeros(3, np.float32), False),
+                                          blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False),
                                           np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32),
                                           windows((0, 0, 1, 1)), 1, 1.0, product, product, product)
     except Exception as error:  # noqa: BLE001 (it can not compile here: the layers call the kernels one by one)

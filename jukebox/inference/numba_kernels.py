@@ -199,96 +199,103 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
                 finish(acc[m, j], m, tile * width + j, bias, gelu, residual, out)
 
 
-# blocked_linear takes four outputs at a time, for a group of four rows (sixteen sums) or a last single row
-# (four), the sums in vector registers: each weight vector it loads serves every row of the group. Outputs
-# past the end repeat the last one and are not written; rows past the end of a short group repeat the last
-# row, whose outputs are written again with the same values.
-# While the first group multiplies, it asks for the rows PREFETCH_AHEAD ahead, four lines of them for each
-# line of its own: a weight row is a page or less, where the CPU's prefetcher stops and starts over, and
-# asking for a whole block at once stalls the arithmetic until the lines arrive.
-PREFETCH_AHEAD = 8
+# blocked_linear streams its weight as blocks of four outputs, each block one contiguous stretch that interleaves its
+# four rows a vector at a time: row q's inputs k..k+LANES-1 (k a multiple of LANES) sit at 4 k + q LANES of the
+# block (``cpu_kernels.BlockedLinear`` packs it; outputs and inputs past the end are zero padding). Each block is then
+# one sequential read, which the CPU's prefetcher follows across pages, where four rows a page or less long are four
+# short streams that it starts over for each block. The sums of a block's four outputs for a group of four rows
+# (sixteen) or a last single row (four) stay in vector registers: each weight vector loaded serves every row of the
+# group. Rows past the end of a short group repeat the last row, whose outputs are written again with the same values.
+# While the first group multiplies, it asks for the block PREFETCH_BLOCKS ahead, as many lines of it as it reads of
+# its own: asking for a whole block at once stalls the arithmetic until the lines arrive.
+PREFETCH_BLOCKS = 2
 # sums_4x4 and sums_1x4 compile as functions of their own: inlined by numba they made blocked_linear far slower
 # to compile and no faster. tail is inlined: called, it slowed the float16 loop.
 
 
+@intrinsic
+def line_elements(typingctx, array):
+    """Elements of ``array`` per 64-byte cache line, a compile-time constant (numba reads ``itemsize`` at run time,
+    which leaves a division and a loop of unknown length in a kernel's inner loop)."""
+    if not isinstance(array, types.Array):
+        return None
+    elements = 512 // array.dtype.bitwidth
+    return types.intp(array), lambda context, builder, sig, args: context.get_constant(types.intp, elements)
+
+
 @numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
-def prefetch_ahead(wt, ahead, k0, line):  # pragma: no cover (at line k0 of a block: four of the rows from ahead)
+def prefetch_ahead(wt, ahead, at):  # pragma: no cover (the lines of block `ahead` at the offset read next)
     if ahead >= 0:
-        for q in range(4):
-            prefetch(wt, ahead * wt.shape[1] + 4 * k0 + q * line)
+        for j in range(0, 4 * LANES, line_elements(wt)):
+            prefetch(wt, ahead * wt.shape[1] + at + j)
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
-def tail(x, m, wt, o, start):  # pragma: no cover (the sum over n_in past the last whole cache line)
+def tail(x, m, wt, block, q, main):  # pragma: no cover (row q's sum over the inputs past the last whole vector)
     total = np.float32(0.0)
-    for k in range(start, x.shape[1]):
-        total += x[m, k] * as_float32(wt[o, k])
+    for k in range(main, x.shape[1]):
+        total += x[m, k] * as_float32(wt[block, 4 * main + q * LANES + k - main])
     return total
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
-def sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
-    n_in = x.shape[1]
-    line = 64 // wt.itemsize
-    main = n_in - n_in % line
+def sums_4x4(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover
+    main = x.shape[1] - x.shape[1] % LANES
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(LANES)
-    for k0 in range(0, main, line):
-        prefetch_ahead(wt, ahead, k0, line)
-        for k in range(k0, k0 + line, LANES):
-            wa, wb, wc, wd = vload(wt, o0, k, LANES), vload(wt, o1, k, LANES), vload(wt, o2, k, LANES), \
-                vload(wt, o3, k, LANES)
-            x0, x1, x2, x3 = vload(x, m0, k, LANES), vload(x, m1, k, LANES), vload(x, m2, k, LANES), \
-                vload(x, m3, k, LANES)
-            a0, a1, a2, a3 = vfma(x0, wa, a0), vfma(x1, wa, a1), vfma(x2, wa, a2), vfma(x3, wa, a3)
-            b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
-            c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
-            d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
-    return (vsum(a0) + tail(x, m0, wt, o0, main), vsum(b0) + tail(x, m0, wt, o1, main),  # row m0's four sums
-            vsum(c0) + tail(x, m0, wt, o2, main), vsum(d0) + tail(x, m0, wt, o3, main),
-            vsum(a1) + tail(x, m1, wt, o0, main), vsum(b1) + tail(x, m1, wt, o1, main),
-            vsum(c1) + tail(x, m1, wt, o2, main), vsum(d1) + tail(x, m1, wt, o3, main),
-            vsum(a2) + tail(x, m2, wt, o0, main), vsum(b2) + tail(x, m2, wt, o1, main),
-            vsum(c2) + tail(x, m2, wt, o2, main), vsum(d2) + tail(x, m2, wt, o3, main),
-            vsum(a3) + tail(x, m3, wt, o0, main), vsum(b3) + tail(x, m3, wt, o1, main),
-            vsum(c3) + tail(x, m3, wt, o2, main), vsum(d3) + tail(x, m3, wt, o3, main))
+    for k in range(0, main, LANES):
+        at = 4 * k
+        prefetch_ahead(wt, ahead, at)
+        wa, wb, wc, wd = vload(wt, block, at, LANES), vload(wt, block, at + LANES, LANES), \
+            vload(wt, block, at + 2 * LANES, LANES), vload(wt, block, at + 3 * LANES, LANES)
+        x0, x1, x2, x3 = vload(x, m0, k, LANES), vload(x, m1, k, LANES), vload(x, m2, k, LANES), \
+            vload(x, m3, k, LANES)
+        a0, a1, a2, a3 = vfma(x0, wa, a0), vfma(x1, wa, a1), vfma(x2, wa, a2), vfma(x3, wa, a3)
+        b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
+        c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
+        d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
+    return (vsum(a0) + tail(x, m0, wt, block, 0, main), vsum(b0) + tail(x, m0, wt, block, 1, main),  # row m0's
+            vsum(c0) + tail(x, m0, wt, block, 2, main), vsum(d0) + tail(x, m0, wt, block, 3, main),
+            vsum(a1) + tail(x, m1, wt, block, 0, main), vsum(b1) + tail(x, m1, wt, block, 1, main),
+            vsum(c1) + tail(x, m1, wt, block, 2, main), vsum(d1) + tail(x, m1, wt, block, 3, main),
+            vsum(a2) + tail(x, m2, wt, block, 0, main), vsum(b2) + tail(x, m2, wt, block, 1, main),
+            vsum(c2) + tail(x, m2, wt, block, 2, main), vsum(d2) + tail(x, m2, wt, block, 3, main),
+            vsum(a3) + tail(x, m3, wt, block, 0, main), vsum(b3) + tail(x, m3, wt, block, 1, main),
+            vsum(c3) + tail(x, m3, wt, block, 2, main), vsum(d3) + tail(x, m3, wt, block, 3, main))
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
-def sums_1x4(x, m, wt, o0, o1, o2, o3, ahead):  # pragma: no cover
-    n_in = x.shape[1]
-    line = 64 // wt.itemsize
-    main = n_in - n_in % line
+def sums_1x4(x, m, wt, block, ahead):  # pragma: no cover
+    main = x.shape[1] - x.shape[1] % LANES
     a = b = c = d = vzeros(LANES)
-    for k0 in range(0, main, line):
-        prefetch_ahead(wt, ahead, k0, line)
-        for k in range(k0, k0 + line, LANES):
-            xv = vload(x, m, k, LANES)
-            a, b = vfma(xv, vload(wt, o0, k, LANES), a), vfma(xv, vload(wt, o1, k, LANES), b)
-            c, d = vfma(xv, vload(wt, o2, k, LANES), c), vfma(xv, vload(wt, o3, k, LANES), d)
-    return (vsum(a) + tail(x, m, wt, o0, main), vsum(b) + tail(x, m, wt, o1, main),
-            vsum(c) + tail(x, m, wt, o2, main), vsum(d) + tail(x, m, wt, o3, main))
+    for k in range(0, main, LANES):
+        at = 4 * k
+        prefetch_ahead(wt, ahead, at)
+        xv = vload(x, m, k, LANES)
+        a, b = vfma(xv, vload(wt, block, at, LANES), a), vfma(xv, vload(wt, block, at + LANES, LANES), b)
+        c = vfma(xv, vload(wt, block, at + 2 * LANES, LANES), c)
+        d = vfma(xv, vload(wt, block, at + 3 * LANES, LANES), d)
+    return (vsum(a) + tail(x, m, wt, block, 0, main), vsum(b) + tail(x, m, wt, block, 1, main),
+            vsum(c) + tail(x, m, wt, block, 2, main), vsum(d) + tail(x, m, wt, block, 3, main))
 
 
 @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out):  # pragma: no cover
-    rows = x.shape[0]
-    n_out = wt.shape[0]
+    rows, n_blocks = x.shape[0], wt.shape[0]
     if norm_weight.shape[0]:
         x = layer_norm(x, norm_weight, norm_bias, eps)
-    for block in numba.prange((n_out + 3) // 4):
-        o0 = 4 * block
-        o1, o2, o3 = min(o0 + 1, n_out - 1), min(o0 + 2, n_out - 1), min(o0 + 3, n_out - 1)
-        ahead = o0 + PREFETCH_AHEAD if o0 + PREFETCH_AHEAD + 4 <= n_out else -1
+    for block in numba.prange(n_blocks):
+        o = 4 * block
+        ahead = block + PREFETCH_BLOCKS if block + PREFETCH_BLOCKS < n_blocks else -1
         for m0 in range(0, rows, 4):
             if m0 + 1 == rows:
-                finish4(sums_1x4(x, m0, wt, o0, o1, o2, o3, ahead), m0, o0, bias, gelu, residual, out)
+                finish4(sums_1x4(x, m0, wt, block, ahead), m0, o, bias, gelu, residual, out)
             else:
                 m1, m2, m3 = min(m0 + 1, rows - 1), min(m0 + 2, rows - 1), min(m0 + 3, rows - 1)
-                s = sums_4x4(x, m0, m1, m2, m3, wt, o0, o1, o2, o3, ahead)
-                finish4((s[0], s[1], s[2], s[3]), m0, o0, bias, gelu, residual, out)
-                finish4((s[4], s[5], s[6], s[7]), m1, o0, bias, gelu, residual, out)  # a repeated row: the same again
-                finish4((s[8], s[9], s[10], s[11]), m2, o0, bias, gelu, residual, out)
-                finish4((s[12], s[13], s[14], s[15]), m3, o0, bias, gelu, residual, out)
+                s = sums_4x4(x, m0, m1, m2, m3, wt, block, ahead)
+                finish4((s[0], s[1], s[2], s[3]), m0, o, bias, gelu, residual, out)
+                finish4((s[4], s[5], s[6], s[7]), m1, o, bias, gelu, residual, out)  # a repeated row: the same again
+                finish4((s[8], s[9], s[10], s[11]), m2, o, bias, gelu, residual, out)
+                finish4((s[12], s[13], s[14], s[15]), m3, o, bias, gelu, residual, out)
             ahead = -1  # the later groups find the block in the cache
 
 
@@ -338,8 +345,8 @@ def cached_attention(proj, key, value, windows, n_head, scale, out):  # pragma: 
 
 
 # A whole layer in one call from Python: a step's layer is five kernels, and each call from Python costs more
-# than the arithmetic of a small one. Each product's arguments are (norm weight, norm bias, eps, transposed
-# weight, bias, gelu), as blocked_linear takes them.
+# than the arithmetic of a small one. Each product's arguments are (norm weight, norm bias, eps, weight blocks,
+# bias, gelu), as blocked_linear takes them.
 @numba.njit(nogil=True, boundscheck=False, cache=True)
 def blocked_layer(x, n, attn, key, value, windows, n_head, scale, proj, fc, mlp):  # pragma: no cover
     rows = x.shape[0]
