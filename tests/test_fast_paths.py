@@ -405,6 +405,9 @@ def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     assert plain.weight.dtype == weights  # float16 stays at two bytes
     if kind == "TiledLinear":
         assert plain.tiles.shape == (-(-n_out // cpu_kernels.TILE), n_in, cpu_kernels.TILE)
+    else:  # blocks of four outputs, inputs padded to whole vectors
+        from jukebox.inference.numba_kernels import LANES as lanes
+        assert plain.weight.shape == (-(-n_out // 4), 4 * lanes * -(-n_in // lanes))
     wf = w.float()
     torch.testing.assert_close(plain(x), torch.addmm(conv.b, x, wf), atol=1e-5, rtol=1e-5)
     normed = linear(w, conv.b, norm)(x, residual=residual)
