@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "blocks", "windows",
-           "CacheAttention", "attention", "BlockedLayer"]
+           "CacheAttention", "attention", "BlockedLayer", "BlockedLayers"]
 
 TILE = 64  # columns per tile: M x 64 float32 sums stay in the L1 cache for any batch of samples
 
@@ -215,49 +215,67 @@ def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head
 
 
 @functools.cache
-def _layer_kernel():
-    """``numba_kernels.blocked_layer`` compiled (or loaded) and checked on a tiny layer, or None (with a warning),
+def _layers_kernel():
+    """``numba_kernels.blocked_layers`` compiled (or loaded) and checked on a tiny layer, or None (with a warning),
     when the product and attention kernels run but it does not: layers then call them one by one."""
     if not available():
         return None
+    from numba.typed import List
+
     from jukebox.inference import numba_kernels
 
     product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False)
+    attn = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False)
+    cache = np.zeros((1, 1, 1), np.float32)
     try:  # one sample, one position, width 1: every product is x -> x, the residuals double it twice
-        out = numba_kernels.blocked_layer(np.ones((1, 1), np.float32), 1, (_NONE_1D, _NONE_1D, 0.0,
-                                          blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False),
-                                          np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32),
-                                          windows((0, 0, 1, 1)), 1, 1.0, product, product, product)
+        layers = List([(attn, cache, cache.copy(), 1, 1.0, product, product, product)])
+        out = numba_kernels.blocked_layers(np.ones((1, 1), np.float32), 1, layers, windows((0, 0, 1, 1))[None],
+                                           np.zeros(1, np.int64))
     except Exception as error:  # noqa: BLE001 (it can not compile here: the layers call the kernels one by one)
         _note(f"numba layer kernel unavailable ({error}); CPU steps call its kernels one by one")
         return None
     if out.shape != (1, 1) or out[0, 0] != 4.0:
         _note("numba layer kernel gives wrong results here; CPU steps call its kernels one by one")
         return None
-    return numba_kernels.blocked_layer
+    return numba_kernels.blocked_layers
 
 
 class BlockedLayer:
-    """A ``ResAttnBlock`` step (or chunk) in one call: its four ``BlockedLinear`` products (the layer norms, the
-    quick_gelu and residuals inside them) and its ``CacheAttention``, run by ``numba_kernels.blocked_layer``.
+    """The arguments of a ``ResAttnBlock`` 's step (or chunk) through ``numba_kernels.blocked_layer``: its four
+    ``BlockedLinear`` products (the layer norms, the quick_gelu and residuals inside them) and its
+    ``CacheAttention``. ``BlockedLayers`` runs them. Needs ``whole_layers()``."""
 
-    Calling it maps x ``(N * Q, width)`` (sample-major, Q new positions per sample) and the positions'
-    ``windows`` ``(Q, 4)`` to the layer's output ``(N * Q, width)``, writing the keys and values to the cache as
-    ``CacheAttention`` does. Needs ``whole_layers()``.
-    """
-
-    __slots__ = ("_kernel", "_before", "_after")
+    __slots__ = ("args",)
 
     def __init__(self, c_attn: BlockedLinear, c_proj: BlockedLinear, c_fc: BlockedLinear, mlp_proj: BlockedLinear,
                  attention: CacheAttention):
-        self._kernel = _layer_kernel()
-        self._before = (c_attn._args, attention._key, attention._value)  # the kernel's arguments around windows
-        self._after = (*attention._head, c_proj._args, c_fc._args, mlp_proj._args)
+        n_head, scale = attention._head
+        self.args = (c_attn._args, attention._key, attention._value, int(n_head), float(scale), c_proj._args,
+                     c_fc._args, mlp_proj._args)
+
+
+class BlockedLayers:
+    """Consecutive ``BlockedLayer`` s in one call of ``numba_kernels.blocked_layers``; ``layout_of[i]``: which of the
+    windows a call is given layer i attends through.
+
+    Calling it maps x ``(N * Q, width)`` (sample-major, Q new positions per sample) and ``windows``
+    ``(layouts, Q, 4)`` (see ``windows``) to the last layer's output ``(N * Q, width)``, writing each layer's keys
+    and values to its cache as ``CacheAttention`` does. Needs ``whole_layers()``.
+    """
+
+    __slots__ = ("_kernel", "_layers", "_layout_of")
+
+    def __init__(self, layers: list[BlockedLayer], layout_of: list[int]):
+        from numba.typed import List
+
+        self._kernel = _layers_kernel()
+        self._layers = List(layer.args for layer in layers)
+        self._layout_of = np.array(layout_of, dtype=np.int64)
 
     def __call__(self, x: torch.Tensor, n: int, windows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self._kernel(x.contiguous().numpy(), n, *self._before, windows, *self._after))
+        return torch.from_numpy(self._kernel(x.contiguous().numpy(), n, self._layers, windows, self._layout_of))
 
 
 def whole_layers() -> bool:
-    """Whether ``BlockedLayer`` runs here (compiled or loaded from the cache on the first call)."""
-    return _layer_kernel() is not None
+    """Whether ``BlockedLayers`` runs here (compiled or loaded from the cache on the first call)."""
+    return _layers_kernel() is not None

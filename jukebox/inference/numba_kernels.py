@@ -16,7 +16,7 @@ from numba.core.codegen import get_host_cpu_features
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
 
-__all__ = ["tiled_linear", "blocked_linear", "cached_attention", "blocked_layer"]
+__all__ = ["tiled_linear", "blocked_linear", "cached_attention", "blocked_layer", "blocked_layers"]
 
 # Reassociation lets LLVM vectorise sums over a row (several partial sums, added at the end).
 REASSOC = {"reassoc", "contract"}
@@ -363,3 +363,14 @@ def blocked_layer(x, n, attn, key, value, windows, n_head, scale, proj, fc, mlp)
     out = np.empty((rows, mlp[4].shape[0]), dtype=np.float32)
     blocked_linear(f, mlp[0], mlp[1], mlp[2], mlp[3], mlp[4], mlp[5], h, out)
     return out
+
+
+# A step's layers in one call from Python: between two calls the kernels' threads wait on Python's return and the next
+# call's arguments. ``layers`` is a numba typed list of each layer's arguments (attn, key, value, n_head, scale, proj,
+# fc, mlp), ``windows[layout_of[i]]`` layer i's windows.
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def blocked_layers(x, n, layers, windows, layout_of):  # pragma: no cover
+    for i in range(len(layers)):
+        attn, key, value, n_head, scale, proj, fc, mlp = layers[i]
+        x = blocked_layer(x, n, attn, key, value, windows[layout_of[i]], n_head, scale, proj, fc, mlp)
+    return x

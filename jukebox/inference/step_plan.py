@@ -186,7 +186,7 @@ class _Layer:
         self.key, self.value = cache.key, cache.value
         self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
             if kernel_attention else None
-        # Fused numba block products and the kernel attention: the whole layer in one call.
+        # Fused numba block products and the kernel attention: the layer runs in the one call of all layers (_use).
         whole = self.fused and self.cpu_attention is not None and cpu_kernels.whole_layers() and \
             all(isinstance(lin, cpu_kernels.BlockedLinear) for lin in linears)
         self.whole = cpu_kernels.BlockedLayer(*linears, self.cpu_attention) if whole else None
@@ -229,7 +229,7 @@ class StepPlan:
             self.backend = backend.name
         else:
             backend, self.backend = None, None
-        self.layers = self._build(backend)
+        self._use(self._build(backend))
 
     def _build(self, backend: Backend | None, blocks: list | None = None) -> list[_Layer]:
         """The layers of ``blocks`` (default: all) with their products through ``backend``."""
@@ -270,7 +270,7 @@ class StepPlan:
 
         def run(name: str, layers: list[_Layer]) -> bool:
             """One step through ``layers``; False (logged) if it fails."""
-            self.layers = layers
+            self._use(layers)
             try:
                 self._forward(x)
                 return True
@@ -303,7 +303,7 @@ class StepPlan:
                             del built[name]
                 if turn + 1 >= CALIBRATION_SCREEN_STEPS and len(built) <= 1:
                     break
-            self.layers = []
+            self._use([])
             return {name: statistics.median(steps) for name, steps in times.items()}
 
         name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, measure, trial_layers=len(blocks))
@@ -368,13 +368,21 @@ class StepPlan:
         self._shared.clear()
         if self.on_cpu:
             cpu_kernels.match_threads()
-        n = self.cache.n_samples
+        if self._whole is not None:
+            stack, layouts = self._whole
+            return stack(x, self.cache.n_samples, np.stack([self._kernel_windows_once(layout) for layout in layouts]))
         for L in self.layers:
-            if L.whole is not None:
-                x = L.whole(x, n, self._kernel_windows_once(L.layout))
-            else:
-                x = self._layer(L, x, self._attend_dynamic)
+            x = self._layer(L, x, self._attend_dynamic)
         return x
+
+    def _use(self, layers: list[_Layer]) -> None:
+        """Step through ``layers``: in one call of their kernels (``cpu_kernels.BlockedLayers``) where each has one."""
+        self.layers, self._whole = layers, None
+        if layers and all(L.whole is not None for L in layers):
+            layouts = list({L.layout.key: L.layout for L in layers}.values())
+            keys = [layout.key for layout in layouts]
+            stack = cpu_kernels.BlockedLayers([L.whole for L in layers], [keys.index(L.layout.key) for L in layers])
+            self._whole = stack, layouts
 
     def output(self, w: torch.Tensor) -> Product | None:
         """The product ``h (N, in) -> h @ w.T`` of an output weight ``w`` ``(out, in)`` through this plan's
