@@ -478,6 +478,34 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
         cpu_kernels._kernels.cache_clear()
 
 
+def test_layer_kernel_that_fails_warns_and_layers_call_the_kernels_one_by_one(monkeypatch):
+    """Where the one call of a step's layers does not compile here, a warning says so once and each layer calls its
+    products and attention in turn: the same results."""
+    from jukebox.inference import numba_kernels
+
+    _needs_numba()
+
+    def broken(*args):
+        raise RuntimeError("no code for this CPU")
+
+    monkeypatch.setattr(numba_kernels, "blocked_layers", broken)
+    cpu_kernels._layers_kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="numba layer kernel unavailable .*no code for this CPU"):
+            assert not cpu_kernels.whole_layers()
+        model = _transformer(2, 3)
+        x, enc = _inputs(3)
+        with torch.no_grad():
+            plain = _stepped(model, x, enc, n_prime=1, fast=False)
+            fast = _stepped(model, x, enc, n_prime=1, fast=True, cpu_backend="numba_blocks")
+            plan = _plan(model, x, enc, cpu_backend="numba_blocks")
+        assert all(L.whole is None and L.fused and L.cpu_attention is not None for L in plan.layers)
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+    finally:
+        monkeypatch.undo()
+        cpu_kernels._layers_kernel.cache_clear()
+
+
 @pytest.mark.parametrize("heads,step", [(1, 1), (2, 3), (4, 1)])
 def test_kernel_attention_writes_cache_and_matches_sdpa(heads, step):
     """The CPU attention kernel takes new positions in order: each stores its key and value at its slot, then
