@@ -450,6 +450,19 @@ def test_kernel_products_compiled_for_avx2_equal_addmm(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
+def _steps_match_plain(cpu_backend: str | None = None) -> StepPlan:
+    """Checks that steps through ``cpu_backend`` (None: the calibrated one) equal the plain path's on a small
+    model, and returns a plan of that model."""
+    model = _transformer(2, 3)
+    x, enc = _inputs(3)
+    with torch.no_grad():
+        plan = _plan(model, x, enc, cpu_backend)
+        plain = _stepped(model, x, enc, n_prime=1, fast=False)
+        fast = _stepped(model, x, enc, n_prime=1, fast=True, cpu_backend=cpu_backend)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+    return plan
+
+
 def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
     """Without numba (or a parallel threading layer for it) the kernels report unavailable with a
     warning that says so; calibration passes the numba backend by, forcing it is refused, and steps
@@ -464,16 +477,10 @@ def test_missing_numba_warns_and_steps_fall_back(monkeypatch):
         with pytest.warns(UserWarning, match="numba kernels unavailable .*No module named 'numba'"):
             assert not cpu_kernels.available()
         assert cpu_kernels.backend() == "unavailable"
-        model = _transformer(2, 3)
-        x, enc = _inputs(3)
-        with torch.no_grad():
-            plain = _stepped(model, x, enc, n_prime=1, fast=False)
-            fast = _stepped(model, x, enc, n_prime=1, fast=True)
-            plan = _plan(model, x, enc)
-            with pytest.raises(ValueError, match="--cpu_backend=numba can not run here: numba"):
-                _plan(model, x, enc, cpu_backend="numba")
+        plan = _steps_match_plain()
         assert plan.backend != "numba" and plan.layers[0].cpu_attention is None and not plan.layers[0].fused
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="--cpu_backend=numba can not run here: numba"):
+            _steps_match_plain("numba")
     finally:
         cpu_kernels._kernels.cache_clear()
 
@@ -493,14 +500,8 @@ def test_layer_kernel_that_fails_warns_and_layers_call_the_kernels_one_by_one(mo
     try:
         with pytest.warns(UserWarning, match="numba layer kernel unavailable .*no code for this CPU"):
             assert not cpu_kernels.whole_layers()
-        model = _transformer(2, 3)
-        x, enc = _inputs(3)
-        with torch.no_grad():
-            plain = _stepped(model, x, enc, n_prime=1, fast=False)
-            fast = _stepped(model, x, enc, n_prime=1, fast=True, cpu_backend="numba_blocks")
-            plan = _plan(model, x, enc, cpu_backend="numba_blocks")
+        plan = _steps_match_plain("numba_blocks")
         assert all(L.whole is None and L.fused and L.cpu_attention is not None for L in plan.layers)
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     finally:
         monkeypatch.undo()
         cpu_kernels._layers_kernel.cache_clear()
