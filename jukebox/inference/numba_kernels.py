@@ -201,7 +201,7 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 
 # blocked_linear streams its weight as blocks of four outputs, each block one contiguous stretch that interleaves its
 # four rows a vector at a time: row q's inputs k..k+LANES-1 (k a multiple of LANES) sit at 4 k + q LANES of the
-# block (``cpu_kernels.BlockedLinear`` packs it; outputs and inputs past the end are zero padding). Each block is then
+# block (``cpu_kernels.blocks`` packs it; outputs and inputs past the end are zero padding). Each block is then
 # one sequential read, which the CPU's prefetcher follows across pages, where four rows a page or less long are four
 # short streams that it starts over for each block. The sums of a block's four outputs for a group of four rows
 # (sixteen) or a last single row (four) stay in vector registers: each weight vector loaded serves every row of the
@@ -344,9 +344,9 @@ def cached_attention(proj, key, value, windows, n_head, scale, out):  # pragma: 
                 out[i, p, lo:hi] = acc
 
 
-# A whole layer in one call from Python: a step's layer is five kernels, and each call from Python costs more
-# than the arithmetic of a small one. Each product's arguments are (norm weight, norm bias, eps, weight blocks,
-# bias, gelu), as blocked_linear takes them.
+# A whole layer: its five kernels one after another, with nothing between them (each call from Python would cost
+# more than the arithmetic of a small one). Each product's arguments are (norm weight, norm bias, eps, weight
+# blocks, bias, gelu), as blocked_linear takes them.
 @numba.njit(nogil=True, boundscheck=False, cache=True)
 def blocked_layer(x, n, attn, key, value, windows, n_head, scale, proj, fc, mlp):  # pragma: no cover
     rows = x.shape[0]
