@@ -270,8 +270,8 @@ class StepPlan:
 
         def run(name: str, layers: list[_Layer]) -> bool:
             """One step through ``layers``; False (logged) if it fails."""
-            self._use(layers)
             try:
+                self._use(layers)
                 self._forward(x)
                 return True
             except Exception as error:  # noqa: BLE001 (a backend that can not run here is passed by)
