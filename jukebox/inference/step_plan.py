@@ -186,7 +186,7 @@ class _Layer:
         self.key, self.value = cache.key, cache.value
         self.cpu_attention = cpu_kernels.CacheAttention(self.key, self.value, self.n_head, self.scale) \
             if kernel_attention else None
-        # Fused numba block products and the kernel attention: the layer runs in the one call of all layers (_use).
+        # Fused numba block products and the kernel attention: the layer runs in the one call of all layers (_one_call).
         whole = self.fused and self.cpu_attention is not None and cpu_kernels.whole_layers() and \
             all(isinstance(lin, cpu_kernels.BlockedLinear) for lin in linears)
         self.whole = cpu_kernels.BlockedLayer(*linears, self.cpu_attention) if whole else None
@@ -229,7 +229,8 @@ class StepPlan:
             self.backend = backend.name
         else:
             backend, self.backend = None, None
-        self._use(self._build(backend))
+        self.layers = self._build(backend)
+        self._whole = self._one_call(self.layers)
 
     def _build(self, backend: Backend | None, blocks: list | None = None) -> list[_Layer]:
         """The layers of ``blocks`` (default: all) with their products through ``backend``."""
@@ -268,10 +269,10 @@ class StepPlan:
         width = blocks[0].ln_0.weight.shape[0]
         x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
 
-        def run(name: str, layers: list[_Layer]) -> bool:
-            """One step through ``layers``; False (logged) if it fails."""
+        def run(name: str, built_layers: tuple) -> bool:
+            """One step through ``built_layers`` (layers, their one call); False (logged) if it fails."""
+            self.layers, self._whole = built_layers
             try:
-                self._use(layers)
                 self._forward(x)
                 return True
             except Exception as error:  # noqa: BLE001 (a backend that can not run here is passed by)
@@ -283,11 +284,12 @@ class StepPlan:
             for backend in candidates:
                 try:
                     layers = self._build(backend, blocks)
+                    built_layers = layers, self._one_call(layers)
                 except Exception as error:  # noqa: BLE001 (a backend that can not pack here is passed by)
                     log.debug("cpu backend %s failed: %s", backend.name, error)
                     continue
-                if run(backend.name, layers):  # warm-up
-                    built[backend.name] = layers
+                if run(backend.name, built_layers):  # warm-up
+                    built[backend.name] = built_layers
             times: dict = {name: [] for name in built}
             for turn in range(CALIBRATION_STEPS):
                 for name in list(built) if turn % 2 == 0 else list(built)[::-1]:
@@ -303,7 +305,7 @@ class StepPlan:
                             del built[name]
                 if turn + 1 >= CALIBRATION_SCREEN_STEPS and len(built) <= 1:
                     break
-            self._use([])
+            self.layers, self._whole = [], None
             return {name: statistics.median(steps) for name, steps in times.items()}
 
         name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, measure, trial_layers=len(blocks))
@@ -375,14 +377,15 @@ class StepPlan:
             x = self._layer(L, x, self._attend_dynamic)
         return x
 
-    def _use(self, layers: list[_Layer]) -> None:
-        """Step through ``layers``: in one call of their kernels (``cpu_kernels.BlockedLayers``) where each has one."""
-        self.layers, self._whole = layers, None
-        if layers and all(L.whole is not None for L in layers):
-            layouts = list({L.layout.key: L.layout for L in layers}.values())
-            keys = [layout.key for layout in layouts]
-            stack = cpu_kernels.BlockedLayers([L.whole for L in layers], [keys.index(L.layout.key) for L in layers])
-            self._whole = stack, layouts
+    @staticmethod
+    def _one_call(layers: list[_Layer]) -> tuple | None:
+        """``(cpu_kernels.BlockedLayers, layouts)``: one call of every layer's kernels and the layouts whose windows
+        it takes, where each layer has them; else None (the layers step one by one)."""
+        if not layers or any(L.whole is None for L in layers):
+            return None
+        layouts = list({L.layout.key: L.layout for L in layers}.values())
+        keys = [layout.key for layout in layouts]
+        return cpu_kernels.BlockedLayers([L.whole for L in layers], [keys.index(L.layout.key) for L in layers]), layouts
 
     def output(self, w: torch.Tensor) -> Product | None:
         """The product ``h (N, in) -> h @ w.T`` of an output weight ``w`` ``(out, in)`` through this plan's
