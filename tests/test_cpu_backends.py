@@ -88,15 +88,15 @@ def test_calibration_times_the_backends_in_turns_so_a_slow_moment_falls_on_all(c
     clock, names, order = [0.0], {}, []
     build, forward = StepPlan._build, StepPlan._forward
 
-    def tagged(self, backend, blocks=None):
-        if backend is not None and backend.name == "mkl":
+    def tagged(self, backend, start=0, stop=None):
+        if backend.name == "mkl":
             raise RuntimeError("cannot pack here")
-        layers = build(self, backend, blocks)
-        names[id(layers)] = None if backend is None else backend.name
+        layers = build(self, backend, start, stop)
+        names.update((id(L), backend.name) for L in layers)
         return layers
 
     def costed(self, x, length=1):
-        name = names.get(id(self.layers))
+        name = names.get(id(self.layers[0])) if self.layers else None
         if name is not None:
             order.append(name)
             ran = len(candidates)
@@ -124,21 +124,46 @@ def test_calibration_times_the_backends_in_turns_so_a_slow_moment_falls_on_all(c
     assert sorted(rest) == sorted(going_on * later)
 
 
-def test_calibration_trials_run_the_leading_layers_that_reach_the_proxy_size(calibration_file, monkeypatch):
-    """Trials pack and run only the fewest leading layers with CALIBRATION_PROXY_MIB of weights (bounded work for
-    the large models); the chosen backend then runs every layer."""
-    monkeypatch.setattr(step_plan, "CALIBRATION_PROXY_MIB", 1e-6)  # the first layer alone reaches it
-    built, build = [], StepPlan._build
+def test_calibration_screens_on_leading_layers_then_races_the_close_ones_on_more(calibration_file, monkeypatch):
+    """Every candidate's trial runs the layers that hold CALIBRATION_SCREEN_MIB of weights (here the first); those
+    within the margin of the fastest run again on the layers that hold CALIBRATION_PROXY_MIB (here two), built
+    onto their first trial, and the fastest of that longer trial wins. The winner's trial layers stay in the plan,
+    which builds only the rest. Time is a fake clock: a step costs its backend's cost per layer for the layers it
+    runs."""
+    block = Transformer(W, N_CTX, 2, 3, mask=True, attn_order=2, blocks=6)._attn_mods[0]
+    layer_mib = sum(p.numel() * p.element_size() for p in block.parameters()) / 2 ** 20
+    monkeypatch.setattr(step_plan, "CALIBRATION_SCREEN_MIB", 0.5 * layer_mib)
+    monkeypatch.setattr(step_plan, "CALIBRATION_PROXY_MIB", 1.5 * layer_mib)
+    # Per layer over one layer, then over two: numba leads the screen, numba_blocks (within the margin) the race.
+    cost = {"numba": (1.0, 1.2), "numba_blocks": (1.1, 1.0)}
+    clock, built, owner = [0.0], [], {}
+    build, forward = StepPlan._build, StepPlan._forward
 
-    def counted(self, backend, blocks=None):
-        layers = build(self, backend, blocks)
-        built.append(len(layers))
+    def recorded(self, backend, start=0, stop=None):
+        layers = build(self, backend, start, stop)
+        built.append((backend.name, start, start + len(layers)))
+        owner.update((id(L), backend.name) for L in layers)
         return layers
 
-    monkeypatch.setattr(StepPlan, "_build", counted)
+    def costed(self, x, length=1):
+        if self.layers:
+            per_layer = cost.get(owner[id(self.layers[0])], (5.0, 5.0))[len(self.layers) - 1]
+            clock[0] += per_layer * len(self.layers)
+        return forward(self, x, length)
+
+    monkeypatch.setattr(StepPlan, "_build", recorded)
+    monkeypatch.setattr(StepPlan, "_forward", costed)
+    monkeypatch.setattr(step_plan.time, "perf_counter", lambda: clock[0])
     plan = _plan()
-    assert len(built) > len(EXACT) and set(built[:-1]) == {1}
-    assert built[-1] == len(plan.layers) == 3
+    assert plan.backend == "numba_blocks" and len(plan.layers) == 3
+    assert sorted(built) == sorted([(name, 0, 1) for name in EXACT] + [("numba", 1, 2), ("numba_blocks", 1, 2),
+                                                                       ("numba_blocks", 2, 3)])
+    assert [owner[id(L)] for L in plan.layers] == ["numba_blocks"] * 3
+    (entry,) = json.loads(calibration_file.read_text()).values()
+    finalists = {"numba", "numba_blocks"}
+    assert entry["trial_layers"] == {name: 2 if name in finalists else 1 for name in EXACT}
+    # Times are kept per whole step (three layers).
+    assert entry["step_ms"] == {name: cost.get(name, (5.0, 5.0))[name in finalists] * 3e3 for name in EXACT}
 
 
 def test_unwritable_calibration_cache_still_chooses(tmp_path, monkeypatch):

@@ -287,13 +287,15 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]], dict], path: Path | None = None,
-           trial_layers: int | None = None) -> str:
-    """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, batch, dtypes)
-    with weights stored as ``weights``: the cached choice for this machine and shape, else the fastest of
-    ``measure(candidates)`` (every available exact backend; it returns ``{name: seconds per step}`` for those
-    that ran), written to the cache. Falls back to ``plain``. ``trial_layers``, how many of the step's
-    layers ``measure`` runs, is stored beside the times (``step_ms``, which are those of the trial)."""
+def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]], dict],
+           path: Path | None = None) -> str:
+    """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, its ``layers``, batch,
+    dtypes) with weights stored as ``weights``: the cached choice for this machine and shape, else the one
+    ``measure(candidates)`` finds fastest, written to the cache. ``candidates`` are every available exact
+    backend; ``measure`` returns ``{name: (seconds, layers)}`` for those that ran: the median step over the
+    model's first ``layers`` layers. The fastest of those that ran the most layers wins. Falls back to
+    ``plain``. The cache keeps each backend's time scaled to the whole step (``step_ms``) beside the layers
+    its trial ran (``trial_layers``)."""
     path = calibration_path() if path is None else path
     key = _key(shape)
     cached = _read(path).get(key)
@@ -307,11 +309,15 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
             candidates.append(backend)
         else:
             log.debug("cpu backend %s skipped: %s", backend.name, reason)
-    times = measure(candidates) if candidates else {}
-    best = min(times, key=times.get) if times else "plain"
+    trials = measure(candidates) if candidates else {}
+    longest = max((layers for _, layers in trials.values()), default=0)
+    finalists = {name: seconds for name, (seconds, layers) in trials.items() if layers == longest}
+    best = min(finalists, key=finalists.get) if finalists else "plain"
     entries = _read(path)
-    entries[key] = dict(backend=best, step_ms={name: round(t * 1e3, 3) for name, t in times.items()},
-                        measured=time.strftime("%Y-%m-%dT%H:%M:%S"), trial_layers=trial_layers,
+    entries[key] = dict(backend=best, measured=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        step_ms={name: round(seconds * shape["layers"] / layers * 1e3, 3)
+                                 for name, (seconds, layers) in trials.items()},
+                        trial_layers={name: layers for name, (_, layers) in trials.items()},
                         seconds=round(time.perf_counter() - started, 2))
     try:
         with atomic_write(path, "w", encoding="utf-8") as f:
@@ -323,5 +329,5 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
 
 def calibration(shape: dict, path: Path | None = None) -> dict | None:
     """The cached calibration of ``shape`` on this machine: ``{backend, step_ms, measured, trial_layers,
-    seconds}`` (``seconds``: how long the calibration took), or None."""
+    seconds}`` (see ``choose``; ``seconds``: how long the calibration took), or None."""
     return _read(calibration_path() if path is None else path).get(_key(shape))

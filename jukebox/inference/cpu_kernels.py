@@ -214,21 +214,29 @@ def attention(proj: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_head
     return CacheAttention(key, value, n_head, scale)(proj, windows)
 
 
+def _typed_list(items: list):
+    """``items`` (one type, at least one) as a numba typed list, through the cached ``numba_kernels`` builders."""
+    from jukebox.inference import numba_kernels
+
+    typed = numba_kernels.typed_list(items[0])
+    for item in items[1:]:
+        numba_kernels.typed_append(typed, item)
+    return typed
+
+
 @functools.cache
 def _layers_kernel():
     """``numba_kernels.blocked_layers`` compiled (or loaded) and checked on a tiny layer, or None (with a warning),
     when the product and attention kernels run but it does not: layers then call them one by one."""
     if not available():
         return None
-    from numba.typed import List
-
     from jukebox.inference import numba_kernels
 
     product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False)
     attn = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False)
     cache = np.zeros((1, 1, 1), np.float32)
     try:  # one sample, one position, width 1: every product is x -> x, the residuals double it twice
-        layers = List([(attn, cache, cache.copy(), 1, 1.0, product, product, product)])
+        layers = _typed_list([(attn, cache, cache.copy(), 1, 1.0, product, product, product)])
         out = numba_kernels.blocked_layers(np.ones((1, 1), np.float32), 1, layers, windows((0, 0, 1, 1))[None],
                                            np.zeros(1, np.int64))
     except Exception as error:  # noqa: BLE001 (it can not compile here: the layers call the kernels one by one)
@@ -266,10 +274,8 @@ class BlockedLayers:
     __slots__ = ("_kernel", "_layers", "_layout_of")
 
     def __init__(self, layers: list[BlockedLayer], layout_of: list[int]):
-        from numba.typed import List
-
         self._kernel = _layers_kernel()
-        self._layers = List(layer.args for layer in layers)
+        self._layers = _typed_list([layer.args for layer in layers])
         self._layout_of = np.array(layout_of, dtype=np.int64)
 
     def __call__(self, x: torch.Tensor, n: int, windows: np.ndarray) -> torch.Tensor:

@@ -15,8 +15,10 @@ from numba.core import cgutils
 from numba.core.codegen import get_host_cpu_features
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
+from numba.typed import List
 
-__all__ = ["tiled_linear", "blocked_linear", "cached_attention", "blocked_layer", "blocked_layers"]
+__all__ = ["tiled_linear", "blocked_linear", "cached_attention", "blocked_layer", "blocked_layers", "typed_list",
+           "typed_append"]
 
 # Reassociation lets LLVM vectorise sums over a row (several partial sums, added at the end).
 REASSOC = {"reassoc", "contract"}
@@ -374,3 +376,17 @@ def blocked_layers(x, n, layers, windows, layout_of):  # pragma: no cover
         attn, key, value, n_head, scale, proj, fc, mlp = layers[i]
         x = blocked_layer(x, n, attn, key, value, windows[layout_of[i]], n_head, scale, proj, fc, mlp)
     return x
+
+
+# The typed list that ``blocked_layers`` takes is made here: a typed list made from Python compiles its methods for its
+# item type in every process (about 0.4 s), while these are cached with the kernels.
+@numba.njit(cache=True)
+def typed_list(first):  # pragma: no cover
+    items = List()
+    items.append(first)
+    return items
+
+
+@numba.njit(cache=True)
+def typed_append(items, item):  # pragma: no cover
+    items.append(item)

@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_STEPS = 8  # timed steps per backend (the median counts), after one warm-up step
 CALIBRATION_SCREEN_STEPS = 3  # after this many, backends slower than CALIBRATION_SCREEN_MARGIN x the fastest stop
 CALIBRATION_SCREEN_MARGIN = 1.3
-CALIBRATION_PROXY_MIB = 128  # trials run the fewest leading layers with this many MiB of weights (or all layers)
+CALIBRATION_SCREEN_MIB = 16  # every candidate's trial runs the fewest leading layers with this many MiB of weights
+CALIBRATION_PROXY_MIB = 128  # those within the margin of the fastest then run the layers with this many
 
 
 # ---------------------------------------------------------------------- the layer arithmetic
@@ -225,21 +226,21 @@ class StepPlan:
             forced = cpu_backends.get_backend(cpu_backend) if cpu_backend is not None else None
             if forced is None or forced.packs:
                 gc.collect()
-            backend = forced or self._calibrate()
+            backend, trial = (forced, []) if forced is not None else self._calibrate()
             self.backend = backend.name
         else:
-            backend, self.backend = None, None
-        self.layers = self._build(backend)
+            backend, trial, self.backend = None, [], None
+        self.layers = trial + self._build(backend, len(trial))
         self._whole = self._one_call(self.layers)
 
-    def _build(self, backend: Backend | None, blocks: list | None = None) -> list[_Layer]:
-        """The layers of ``blocks`` (default: all) with their products through ``backend``."""
+    def _build(self, backend: Backend | None, start: int = 0, stop: int | None = None) -> list[_Layer]:
+        """Layers ``start`` to ``stop`` (default: the last) with their products through ``backend``."""
         kernels = backend is not None and (backend.attends or self.chunk_rows is not None) and cpu_kernels.available()
         if self.chunk_rows is not None and not kernels:
             raise ValueError("a chunk plan needs the numba attention kernels, which do not run here")
         rows = self.chunk_rows or self.cache.n_samples
         return [_Layer(block, layer_cache, self.dtype, backend, rows, kernels)
-                for block, layer_cache in zip(self._blocks if blocks is None else blocks, self.cache.layers)]
+                for block, layer_cache in zip(self._blocks[start:stop], self.cache.layers[start:stop])]
 
     def shape(self) -> dict:
         """What the step's speed depends on, for the calibration cache: products, layers, batch, dtypes."""
@@ -248,68 +249,96 @@ class StepPlan:
         return dict(layers=len(convs), products=products, context=self.cache.layers[0].key.shape[1],
                     batch=self.cache.n_samples, weights=str(convs[0][0].w.dtype), dtype=str(self.dtype))
 
-    def _calibrate(self) -> Backend:
-        """The fastest exact backend for this step (see ``cpu_backends.choose``).
+    def _leading(self, mib: float) -> int:
+        """How many leading layers first hold ``mib`` MiB of weights (every layer, for a smaller model)."""
+        held = 0.0
+        for count, block in enumerate(self._blocks, 1):
+            held += sum(p.numel() * p.element_size() for p in block.parameters()) / 2 ** 20
+            if held >= mib:
+                return count
+        return len(self._blocks)
 
-        The trials run the fewest leading layers whose weights reach ``CALIBRATION_PROXY_MIB`` (every layer of
-        a smaller model): a model's layers share one shape, so they rank the backends as the whole step
-        would, and what each backend packs stays bounded for the large models. Every candidate's layers are
+    def _calibrate(self) -> tuple[Backend, list[_Layer]]:
+        """The fastest exact backend for this step (see ``cpu_backends.choose``) and the layers its trial built
+        (the plan's leading layers; none where the choice was cached).
+
+        Trials run leading layers only: a model's layers share one shape, so they rank the backends as the whole
+        step would, and what each backend packs stays small. Every candidate first runs the layers that hold
+        ``CALIBRATION_SCREEN_MIB`` of weights; those within ``CALIBRATION_SCREEN_MARGIN`` of the fastest then run
+        again on the layers that hold ``CALIBRATION_PROXY_MIB``, so that a close choice is made on a trial less
+        favoured by the caches, and the fastest of that longer trial wins. In a trial each candidate's layers are
         built first (those that fail to build or run are passed by), then each runs one step in turn, for
-        ``CALIBRATION_STEPS`` turns: a slow moment of a shared machine falls on all of them alike. A backend's
-        time is the median of its steps. After ``CALIBRATION_SCREEN_STEPS`` turns, those whose median is over
-        ``CALIBRATION_SCREEN_MARGIN`` times the fastest one's are out of the race and their times stand; the
-        rest go on (none, once one is left). The steps run at the cache's position without advancing it: the key
-        and value rows they write are those the real step at this position overwrites first."""
-        blocks, weight_mib = [], 0.0
-        for block in self._blocks:
-            if weight_mib >= CALIBRATION_PROXY_MIB:
-                break
-            blocks.append(block)
-            weight_mib += sum(p.numel() * p.element_size() for p in block.parameters()) / 2 ** 20
-        width = blocks[0].ln_0.weight.shape[0]
+        ``CALIBRATION_STEPS`` turns: a slow moment of a shared machine falls on all of them alike. A backend's time
+        is the median of its steps. After ``CALIBRATION_SCREEN_STEPS`` turns, those whose median is over the margin
+        of the fastest one's are out of the race and their times stand; the rest go on (none, once one is left).
+        The steps run at the cache's position without advancing it: the key and value rows they write are those
+        the real step at this position overwrites first."""
+        screen, proxy = self._leading(CALIBRATION_SCREEN_MIB), self._leading(CALIBRATION_PROXY_MIB)
+        width = self._blocks[0].ln_0.weight.shape[0]
         x = torch.linspace(-1.0, 1.0, self.cache.n_samples * width).view(self.cache.n_samples, width)
+        trials: dict[str, tuple] = {}  # name: (its leading layers, their one call)
 
-        def run(name: str, built_layers: tuple) -> bool:
-            """One step through ``built_layers`` (layers, their one call); False (logged) if it fails."""
-            self.layers, self._whole = built_layers
+        def run(name: str) -> float | None:
+            """Seconds of one step through ``name``'s trial layers; None (logged) if it fails."""
+            self.layers, self._whole = trials[name]
+            started = time.perf_counter()
             try:
                 self._forward(x)
-                return True
             except Exception as error:  # noqa: BLE001 (a backend that can not run here is passed by)
                 log.debug("cpu backend %s failed: %s", name, error)
-                return False
+                return None
+            return time.perf_counter() - started
+
+        def build(backend: Backend, stop: int) -> None:
+            """Extend ``backend``'s trial to the first ``stop`` layers and run its warm-up step; where either
+            fails, it is passed by."""
+            layers = trials.pop(backend.name, ([], None))[0]
+            try:
+                layers = layers + self._build(backend, len(layers), stop)
+                trials[backend.name] = layers, self._one_call(layers)
+            except Exception as error:  # noqa: BLE001 (a backend that can not pack here is passed by)
+                log.debug("cpu backend %s failed: %s", backend.name, error)
+                return
+            if run(backend.name) is None:
+                del trials[backend.name]
+
+        def race() -> tuple[dict, list]:
+            """Every trial's median step time, and those that ran to the end."""
+            times: dict = {name: [] for name in trials}
+            going = list(trials)
+            for turn in range(CALIBRATION_STEPS):
+                for name in list(going) if turn % 2 == 0 else going[::-1]:
+                    seconds = run(name)
+                    if seconds is None:
+                        going.remove(name)
+                        del trials[name], times[name]
+                    else:
+                        times[name].append(seconds)
+                if turn + 1 == CALIBRATION_SCREEN_STEPS and going:
+                    fastest = min(statistics.median(times[name]) for name in going)
+                    going = [name for name in going
+                             if statistics.median(times[name]) <= CALIBRATION_SCREEN_MARGIN * fastest]
+                if turn + 1 >= CALIBRATION_SCREEN_STEPS and len(going) <= 1:
+                    break
+            return {name: statistics.median(steps) for name, steps in times.items()}, going
 
         def measure(candidates: list[Backend]) -> dict:
-            built = {}
             for backend in candidates:
-                try:
-                    layers = self._build(backend, blocks)
-                    built_layers = layers, self._one_call(layers)
-                except Exception as error:  # noqa: BLE001 (a backend that can not pack here is passed by)
-                    log.debug("cpu backend %s failed: %s", backend.name, error)
-                    continue
-                if run(backend.name, built_layers):  # warm-up
-                    built[backend.name] = built_layers
-            times: dict = {name: [] for name in built}
-            for turn in range(CALIBRATION_STEPS):
-                for name in list(built) if turn % 2 == 0 else list(built)[::-1]:
-                    t = time.perf_counter()
-                    if run(name, built[name]):
-                        times[name].append(time.perf_counter() - t)
-                    else:
-                        del built[name], times[name]
-                if turn + 1 == CALIBRATION_SCREEN_STEPS and built:
-                    fastest = min(statistics.median(times[name]) for name in built)
-                    for name in list(built):
-                        if statistics.median(times[name]) > CALIBRATION_SCREEN_MARGIN * fastest:
-                            del built[name]
-                if turn + 1 >= CALIBRATION_SCREEN_STEPS and len(built) <= 1:
-                    break
+                build(backend, screen)
+            times, going = race()
+            result = {name: (seconds, screen) for name, seconds in times.items()}
+            if len(going) > 1 and proxy > screen:
+                for name in set(trials) - set(going):  # their packed weights go before the finalists pack more
+                    del trials[name]
+                for backend in candidates:
+                    if backend.name in going:
+                        build(backend, proxy)
+                result.update((name, (seconds, proxy)) for name, seconds in race()[0].items())
             self.layers, self._whole = [], None
-            return {name: statistics.median(steps) for name, steps in times.items()}
+            return result
 
-        name = cpu_backends.choose(self.shape(), blocks[0].attn.c_attn.w.dtype, measure, trial_layers=len(blocks))
-        return cpu_backends.BACKENDS[name]
+        name = cpu_backends.choose(self.shape(), self._blocks[0].attn.c_attn.w.dtype, measure)
+        return cpu_backends.BACKENDS[name], trials.get(name, ([], None))[0]
 
     # ------------------------------------------------------------------ shared layer arithmetic
     def _heads(self, t: torch.Tensor, L: _Layer) -> torch.Tensor:
