@@ -379,7 +379,7 @@ def blocked_layers(x, n, layers, windows, layout_of):  # pragma: no cover
 
 
 # The typed list that ``blocked_layers`` takes is made here: a typed list made from Python compiles its methods for its
-# item type in every process (about 0.4 s), while these are cached with the kernels.
+# item type in every process, while these are cached with the kernels.
 @numba.njit(cache=True)
 def typed_list(first):  # pragma: no cover
     items = List()
