@@ -13,6 +13,7 @@ can be compared and the cost of each read. A calibration of a batch of 2 runs fi
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -63,7 +64,7 @@ def main() -> None:
             "default (short, then long)": (screen, proxy)}
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
-        files = (Path(folder) / f"{i}.json" for i in range(10 ** 6))
+        files = (Path(folder) / f"{i}.json" for i in itertools.count())
         first = calibrate(model, 2, bench._conds(model, 2, torch.device("cpu"), torch.float32, g), next(files),
                           screen, proxy)
         print(f"first calibration of the process (n_samples 2): {describe(first)}", flush=True)
