@@ -148,22 +148,25 @@ def vsum(typingctx, a):
 
 
 @intrinsic
-def prefetch(typingctx, array, index):
+def prefetch(typingctx, array, index, level):
     """Ask the CPU to bring the cache line of element ``index`` of a C-contiguous ``array`` (flat index) into its
-    L2 cache (``prefetcht1``); never faults. numba has no prefetch, so it is LLVM's intrinsic."""
-    if not isinstance(array, types.Array) or array.layout != "C" or not isinstance(index, types.Integer):
+    cache ``level``, a literal 1 (``prefetcht0``) or 2 (``prefetcht1``); never faults. numba has no prefetch, so
+    it is LLVM's intrinsic."""
+    if not isinstance(array, types.Array) or array.layout != "C" or not isinstance(index, types.Integer) \
+            or getattr(level, "literal_value", None) not in (1, 2):
         return None
+    locality = 4 - level.literal_value  # LLVM's scale: 3 keeps the line in every level, 2 from L2 outwards
 
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         byte = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             ir.VoidType(), [byte, ir.IntType(32), ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0i8")
-        read, keep_in_l2, data_cache = (ir.IntType(32)(v) for v in (0, 2, 1))
-        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), read, keep_in_l2, data_cache])
+        read, keep, data_cache = (ir.IntType(32)(v) for v in (0, locality, 1))
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), read, keep, data_cache])
         return context.get_dummy_value()
 
-    return types.void(array, index), codegen
+    return types.void(array, index, level), codegen
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
@@ -208,9 +211,13 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 # short streams that it starts over for each block. The sums of a block's four outputs for a group of four rows
 # (sixteen) or a last single row (four) stay in vector registers: each weight vector loaded serves every row of the
 # group. Rows past the end of a short group repeat the last row, whose outputs are written again with the same values.
-# While the first group multiplies, it asks for the block PREFETCH_BLOCKS ahead, as many lines of it as it reads of
-# its own: asking for a whole block at once stalls the arithmetic until the lines arrive.
+# While the first group multiplies, it asks for the block PREFETCH_BLOCKS ahead into L2, as many lines of it as it
+# reads of its own: asking for a whole block at once stalls the arithmetic until the lines arrive. Every group also
+# asks for the lines it will read PREFETCH_STEPS iterations later into L1 (past a block's end, the next block's),
+# so that its loads find them there: four rows' arithmetic fills the CPU's window of instructions in flight before
+# it reaches loads far enough ahead to hide the wait for L2.
 PREFETCH_BLOCKS = 2
+PREFETCH_STEPS = 16
 # sums_4x4 and sums_1x4 compile as functions of their own: inlined by numba they made blocked_linear far slower
 # to compile and no faster. tail is inlined: called, it slowed the float16 loop.
 
@@ -226,10 +233,11 @@ def line_elements(typingctx, array):
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
-def prefetch_ahead(wt, ahead, at):  # pragma: no cover (the lines of block `ahead` at the offset read next)
-    if ahead >= 0:
-        for j in range(0, 4 * LANES, line_elements(wt)):
-            prefetch(wt, ahead * wt.shape[1] + at + j)
+def prefetch_ahead(wt, block, ahead, at):  # pragma: no cover (for the iteration at offset `at` of `block`)
+    for j in range(0, 4 * LANES, line_elements(wt)):
+        prefetch(wt, block * wt.shape[1] + at + 4 * LANES * PREFETCH_STEPS + j, 1)
+        if ahead >= 0:
+            prefetch(wt, ahead * wt.shape[1] + at + j, 2)
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
@@ -246,7 +254,7 @@ def sums_4x4(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(LANES)
     for k in range(0, main, LANES):
         at = 4 * k
-        prefetch_ahead(wt, ahead, at)
+        prefetch_ahead(wt, block, ahead, at)
         wa, wb, wc, wd = vload(wt, block, at, LANES), vload(wt, block, at + LANES, LANES), \
             vload(wt, block, at + 2 * LANES, LANES), vload(wt, block, at + 3 * LANES, LANES)
         x0, x1, x2, x3 = vload(x, m0, k, LANES), vload(x, m1, k, LANES), vload(x, m2, k, LANES), \
@@ -271,7 +279,7 @@ def sums_1x4(x, m, wt, block, ahead):  # pragma: no cover
     a = b = c = d = vzeros(LANES)
     for k in range(0, main, LANES):
         at = 4 * k
-        prefetch_ahead(wt, ahead, at)
+        prefetch_ahead(wt, block, ahead, at)
         xv = vload(x, m, k, LANES)
         a, b = vfma(xv, vload(wt, block, at, LANES), a), vfma(xv, vload(wt, block, at + LANES, LANES), b)
         c = vfma(xv, vload(wt, block, at + 2 * LANES, LANES), c)
