@@ -212,12 +212,13 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 # (sixteen) or a last single row (four) stay in vector registers: each weight vector loaded serves every row of the
 # group. Rows past the end of a short group repeat the last row, whose outputs are written again with the same values.
 # While the first group multiplies, it asks for the block PREFETCH_BLOCKS ahead into L2, as many lines of it as it
-# reads of its own: asking for a whole block at once stalls the arithmetic until the lines arrive. Every group also
-# asks for the lines it will read PREFETCH_STEPS iterations later into L1 (past a block's end, the next block's),
-# so that its loads find them there: four rows' arithmetic fills the CPU's window of instructions in flight before
-# it reaches loads far enough ahead to hide the wait for L2.
+# reads of its own: asking for a whole block at once stalls the arithmetic until the lines arrive. Compiled for
+# AVX-512, every group also asks for the lines it will read PREFETCH_STEPS iterations later into L1 (past a block's
+# end, the next block's), so that its loads find them there: four rows' arithmetic fills the CPU's window of
+# instructions in flight before it reaches loads far enough ahead to hide the wait for L2. AVX2 code, tuned on an
+# AMD EPYC, keeps the L2 prefetch alone (0).
 PREFETCH_BLOCKS = 2
-PREFETCH_STEPS = 16
+PREFETCH_STEPS = 16 if LANES == 16 else 0
 # sums_4x4 and sums_1x4 compile as functions of their own: inlined by numba they made blocked_linear far slower
 # to compile and no faster. tail is inlined: called, it slowed the float16 loop.
 
@@ -234,10 +235,12 @@ def line_elements(typingctx, array):
 
 @numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
 def prefetch_ahead(wt, block, ahead, at):  # pragma: no cover (for the iteration at offset `at` of `block`)
-    for j in range(0, 4 * LANES, line_elements(wt)):
-        prefetch(wt, block * wt.shape[1] + at + 4 * LANES * PREFETCH_STEPS + j, 1)
-        if ahead >= 0:
+    if ahead >= 0:
+        for j in range(0, 4 * LANES, line_elements(wt)):
             prefetch(wt, ahead * wt.shape[1] + at + j, 2)
+    if PREFETCH_STEPS:
+        for j in range(0, 4 * LANES, line_elements(wt)):
+            prefetch(wt, block * wt.shape[1] + at + 4 * LANES * PREFETCH_STEPS + j, 1)
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
