@@ -42,7 +42,7 @@ def calibrate(model, n: int, conds: tuple, path: Path, screen_mib: float, proxy_
 def describe(entry: dict) -> str:
     times = entry["step_ms"]
     fastest = min(times.values())
-    layers = sorted(set(entry["trial_layers"].values()))
+    layers = cpu_backends.trial_layer_counts(entry)
     ranking = ", ".join(f"{name} {ms / fastest:.2f}" for name, ms in sorted(times.items(), key=lambda item: item[1]))
     return f"{entry['seconds']:.2f} s, trials over {' and '.join(map(str, layers))} layers: {ranking}"
 

@@ -223,8 +223,7 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
             if calibrated is not None:
                 res["calibration_seconds"] = calibrated.get("seconds")
                 layers = plan.shape()["layers"]
-                trial = calibrated.get("trial_layers") or layers
-                counts = sorted(set(trial.values())) if isinstance(trial, dict) else [trial]
+                counts = cpu_backends.trial_layer_counts(calibrated, layers)
                 how += f"; per whole step, from trials over {' and '.join(map(str, counts))} of {layers} layers, " \
                        f"{calibrated.get('seconds')} s"
             log(f"    backend {plan.backend} ({how})")

@@ -327,6 +327,13 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
     return best
 
 
+def trial_layer_counts(entry: dict, whole: int | None = None) -> list[int]:
+    """The distinct numbers of leading layers that a calibration ``entry``'s trials ran, fewest first. Entries
+    written before the two trials keep one number; those without any give ``whole``, the step's layers."""
+    trial = entry.get("trial_layers") or whole
+    return sorted(set(trial.values())) if isinstance(trial, dict) else [trial]
+
+
 def calibration(shape: dict, path: Path | None = None) -> dict | None:
     """The cached calibration of ``shape`` on this machine: ``{backend, step_ms, measured, trial_layers,
     seconds}`` (see ``choose``; ``seconds``: how long the calibration took), or None."""
