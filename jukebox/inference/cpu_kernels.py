@@ -29,6 +29,8 @@ import warnings
 import numpy as np
 import torch
 
+from jukebox.utils import huge_pages
+
 __all__ = ["TILE", "available", "backend", "match_threads", "TiledLinear", "BlockedLinear", "blocks", "windows",
            "CacheAttention", "attention", "BlockedLayer", "BlockedLayers"]
 
@@ -142,7 +144,7 @@ class TiledLinear(_FusedLinear):
         w = _kept_dtype(w)
         padded = w.new_zeros(n_in, n_tiles * TILE)
         padded[:, :n_out] = w
-        tiles = padded.view(n_in, n_tiles, TILE).permute(1, 0, 2).contiguous()
+        tiles = _streamed(padded.view(n_in, n_tiles, TILE).permute(1, 0, 2))
         super().__init__(tiles, n_out, _kernels()[1], b, norm, gelu)
 
     @property
@@ -175,7 +177,12 @@ def blocks(w: torch.Tensor) -> torch.Tensor:
         padded = w.new_zeros(k, o)
         padded[:n_in, :n_out] = w
         w = padded
-    return w.detach().reshape(k // LANES, LANES, o // 4, 4).permute(2, 0, 3, 1).reshape(o // 4, 4 * k)
+    return _streamed(w.detach().reshape(k // LANES, LANES, o // 4, 4).permute(2, 0, 3, 1)).view(o // 4, 4 * k)
+
+
+def _streamed(w: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``w`` in the memory a step streams its weights from (``jukebox.utils.huge_pages``)."""
+    return huge_pages.empty(tuple(w.shape), w.dtype).copy_(w)
 
 
 def windows(*positions: tuple[int, int, int, int]) -> np.ndarray:

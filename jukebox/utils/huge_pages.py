@@ -1,0 +1,70 @@
+"""CPU memory in 2 MiB pages for the large buffers that sampling streams through at every step.
+
+A step reads every weight once, in order: hundreds of megabytes. In ordinary 4 KiB pages that read
+crosses a page boundary every 4 KiB, each a TLB miss and a point where the CPU's hardware prefetcher
+stops and starts again; in 2 MiB pages it crosses one every 2 MiB. Linux backs anonymous memory with
+such pages (transparent huge pages) when a mapping asks for them with ``madvise(MADV_HUGEPAGE)`` and
+its ``transparent_hugepage`` setting is ``madvise`` or ``always``; elsewhere the memory here is ordinary.
+
+Hand-written because torch's own switch (the ``THP_MEM_ALLOC_ENABLE`` environment variable) is
+process-wide and read once, at torch's first allocation, before a library can set it.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import weakref
+
+import numpy as np
+import torch
+
+__all__ = ["HUGE_PAGE", "HugePageArena", "empty"]
+
+HUGE_PAGE = 2 << 20
+_ALIGN = 64  # a cache line: every buffer starts on one
+_SUPPORTED = hasattr(mmap, "MADV_HUGEPAGE") and hasattr(mmap, "MAP_ANONYMOUS")
+
+
+class HugePageArena:
+    """Hands out buffers carved one after another from anonymous mappings of at least ``chunk`` bytes, each
+    advised for huge pages and used from its first 2 MiB boundary. A mapping is released when no tensor
+    carved from it is left; the arena keeps only a weak reference to the one it is filling."""
+
+    def __init__(self, chunk: int = 64 << 20) -> None:
+        self.chunk = chunk
+        self._mapping: weakref.ref[mmap.mmap] | None = None
+        self._next = 0  # offset of the next free byte in the current mapping
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous CPU tensor of ``shape`` and ``dtype`` in the arena's memory (ordinary
+        memory where the platform has no ``madvise(MADV_HUGEPAGE)``)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not _SUPPORTED or nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        mapping = self._mapping() if self._mapping is not None else None
+        start = -(-self._next // _ALIGN) * _ALIGN
+        if mapping is None or start + nbytes > len(mapping):
+            mapping, start = self._map(nbytes)
+        self._next = start + nbytes
+        carved = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=start)  # holds the mapping
+        return torch.from_numpy(carved).view(dtype).view(shape)
+
+    def _map(self, nbytes: int) -> tuple[mmap.mmap, int]:
+        """A new mapping with room for ``nbytes`` after its first huge page boundary, and that boundary's offset."""
+        length = max(self.chunk, -(-nbytes // HUGE_PAGE) * HUGE_PAGE) + HUGE_PAGE
+        mapping = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel built without transparent huge pages: ordinary pages, same memory
+            pass
+        address = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+        self._mapping = weakref.ref(mapping)
+        return mapping, (-address) % HUGE_PAGE
+
+
+_ARENA = HugePageArena()
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``HugePageArena.empty`` of the process's arena, which the sampling kernels' streamed weights share."""
+    return _ARENA.empty(shape, dtype)
