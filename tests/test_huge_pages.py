@@ -88,9 +88,9 @@ def test_the_kernels_weights_live_there_and_give_the_same_products():
         pytest.skip("numba has no parallel threading layer here")
     torch.manual_seed(0)
     w, b, x = torch.randn(300, 70), torch.randn(70), torch.randn(3, 300)
-    blocked, tiled = cpu_kernels.BlockedLinear(w, b), cpu_kernels.TiledLinear(w, b)
-    mapping = huge_pages._ARENA._mapping()
-    start = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
-    for linear in (blocked, tiled):
+    for build in (cpu_kernels.BlockedLinear, cpu_kernels.TiledLinear):
+        linear = build(w, b)
+        mapping = huge_pages._ARENA._mapping()  # the one it was carved from, the arena's latest
+        start = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
         assert start <= linear.weight.data_ptr() < start + len(mapping)
         torch.testing.assert_close(linear(x), torch.addmm(b, x, w), rtol=1e-5, atol=1e-5)
