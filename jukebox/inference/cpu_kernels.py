@@ -7,7 +7,8 @@ repacks the weight on every call and reads it at half the bandwidth or less (abo
 rows on the 2-core development machine, against 25 GB/s for a plain copy).
 
 Here the weight is stored for the run in blocks of four outputs (``blocks``), each block one contiguous
-stretch, float16 weights still at two bytes, and a small numba kernel computes four outputs for four rows
+stretch, float16 weights still at two bytes, in 2 MiB pages where the OS grants them
+(``jukebox.utils.huge_pages``), and a small numba kernel computes four outputs for four rows
 at a time: sixteen sums held in registers while it streams the block once. Every output is a float32 dot
 product over ``n_in`` (partial sums added at the end; float16 weights widened exactly), so it differs from
 ``addmm`` of the float32 weight by float32 rounding only.
