@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import threading
 import weakref
 
 import numpy as np
@@ -28,12 +29,14 @@ _SUPPORTED = hasattr(mmap, "MADV_HUGEPAGE") and hasattr(mmap, "MAP_ANONYMOUS")
 class HugePageArena:
     """Hands out buffers carved one after another from anonymous mappings of at least ``chunk`` bytes, each
     advised for huge pages and used from its first 2 MiB boundary. A mapping is released when no tensor
-    carved from it is left; the arena keeps only a weak reference to the one it is filling."""
+    carved from it is left; the arena keeps only a weak reference to the one it is filling. Thread-safe: plans
+    are built in whichever thread samples (the studio's is its worker)."""
 
     def __init__(self, chunk: int = 64 << 20) -> None:
         self.chunk = chunk
         self._mapping: weakref.ref[mmap.mmap] | None = None
         self._next = 0  # offset of the next free byte in the current mapping
+        self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous CPU tensor of ``shape`` and ``dtype`` in the arena's memory (ordinary
@@ -41,12 +44,13 @@ class HugePageArena:
         nbytes = math.prod(shape) * dtype.itemsize
         if not _SUPPORTED or nbytes == 0:
             return torch.empty(shape, dtype=dtype)
-        mapping = self._mapping() if self._mapping is not None else None
-        start = -(-self._next // _ALIGN) * _ALIGN
-        if mapping is None or start + nbytes > len(mapping):
-            mapping, start = self._map(nbytes)
-        self._next = start + nbytes
-        carved = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=start)  # holds the mapping
+        with self._lock:
+            mapping = self._mapping() if self._mapping is not None else None
+            start = -(-self._next // _ALIGN) * _ALIGN
+            if mapping is None or start + nbytes > len(mapping):
+                mapping, start = self._map(nbytes)
+            self._next = start + nbytes
+            carved = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=start)  # holds the mapping
         return torch.from_numpy(carved).view(dtype).view(shape)
 
     def _map(self, nbytes: int) -> tuple[mmap.mmap, int]:
