@@ -9,6 +9,8 @@ medians over repeats:
   bfloat16, also through the ``onednn_bf16`` opt-in);
 * the step time deep in the context (after priming ``--deep`` tokens) against near the start;
 * the key/value cache per sample;
+* on CPU, how much of the process sits in 2 MiB pages after the last ancestral run (the numba kernels'
+  weights, ``jukebox.utils.huge_pages``) and the OS's transparent huge page setting;
 * on CPU, every backend of ``jukebox.inference.cpu_backends`` that runs here, forced in turn
   (alternating rounds), beside the one calibration chose;
 
@@ -39,6 +41,7 @@ from jukebox.inference import cpu_backends
 from jukebox.inference.sampler import TokenSampler
 from jukebox.inference.schedule import plan_level
 from jukebox.make_models import make_prior, make_vqvae
+from jukebox.utils import huge_pages
 from jukebox.utils.cli import ArgumentParser, run_cli
 from jukebox.utils.dist_utils import print_once
 from jukebox.utils.torch_utils import measure_bandwidth, synchronize
@@ -143,6 +146,9 @@ def _timed(model, device, fn, **options) -> tuple[StepTimer, float]:
         return timer, time.perf_counter() - t
     finally:
         handle.remove()
+        # The sampler's hooks point back at the timer. Unhooked, the run's sampler (its packed weights and cache)
+        # goes as soon as the caller drops the timer, not at some later garbage collection.
+        timer.sampler.on_primed = timer.sampler.on_draw = None
 
 
 def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples: tuple[int, ...] = (1, 4),
@@ -233,6 +239,11 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     kv = out[f"ancestral_n{n_samples[0]}"]["kv_cache_bytes_per_sample"]
     out["kv_cache_bytes_per_sample"] = kv
     log(f"  key/value cache: {kv / 2 ** 20:.0f} MiB per sample (preallocated, its peak)")
+    if dev.type == "cpu":
+        out["huge_page_bytes"] = held = huge_pages.process_huge_bytes()
+        out["transparent_hugepage"] = thp = huge_pages.setting()
+        log(f"  2 MiB pages: {held / 1e6:.0f} MB of the process after the last run (the numba kernels' weights; "
+            f"transparent_hugepage {thp})")
 
     # Priming, then new tokens.
     if prime_tokens:

@@ -322,6 +322,26 @@ def test_bench_helpers_count_weights_and_steps(monkeypatch):
     assert [n for _, n in plain.calls] == [4, 4, 1] + [1] * 11  # with plain_step every step calls the transformer
 
 
+def test_bench_frees_a_run_with_its_timer():
+    """A run's sampler (its packed weights and cache) goes as soon as the benchmark drops the run's timer, without
+    waiting for a garbage collection: otherwise the next run would start with the last one's memory still held."""
+    from jukebox.bench import _timed
+
+    m = _prior()
+    g = torch.Generator().manual_seed(7)
+    conds = (torch.randn(1, N_CTX, W, generator=g), torch.randn(1, 1, W, generator=g),
+             torch.randn(1, ENC, W, generator=g))
+    timer, _ = _timed(m, torch.device("cpu"), lambda sampler: sampler.sample(1, *conds, sample_tokens=3))
+    assert len(timer.draws) == 3
+    sampler_ref = weakref.ref(timer.sampler)
+    gc.disable()
+    try:
+        del timer
+        assert sampler_ref() is None
+    finally:
+        gc.enable()
+
+
 def test_bench_rounds_keep_no_sampler_alive():
     """The benchmark's alternating rounds keep each run's times, not its timer: a timer holds the sampler with its
     packed weights and cache, and keeping every round's would run a machine out of memory."""

@@ -70,9 +70,20 @@ def test_a_buffer_larger_than_a_chunk_gets_a_mapping_of_its_own():
 @pytest.mark.skipif(not THP_SETTING.exists() or "[never]" in THP_SETTING.read_text(),
                     reason="this kernel has transparent huge pages turned off")
 def test_linux_backs_a_large_buffer_with_huge_pages():
+    before = huge_pages.process_huge_bytes()
     t = HugePageArena().empty((4 * HUGE_PAGE // 4,), torch.float32)
     t.fill_(1.0)  # touched: now backed
     assert _huge_kib(t) >= HUGE_PAGE // 1024
+    assert huge_pages.process_huge_bytes() >= before + HUGE_PAGE  # what the benchmark reports
+
+
+def test_the_setting_is_the_one_the_kernel_marks():
+    if not THP_SETTING.exists():
+        assert huge_pages.setting() == "unknown"
+        return
+    text = THP_SETTING.read_text()  # e.g. "always [madvise] never"
+    assert huge_pages.setting() in ("always", "madvise", "never")
+    assert f"[{huge_pages.setting()}]" in text
 
 
 def test_without_madvise_the_memory_is_ordinary(monkeypatch):

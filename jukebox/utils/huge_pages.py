@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 import mmap
+import re
 import threading
 import weakref
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["HUGE_PAGE", "HugePageArena", "empty"]
+__all__ = ["HUGE_PAGE", "HugePageArena", "empty", "setting", "process_huge_bytes"]
 
 HUGE_PAGE = 2 << 20
 _ALIGN = 64  # a cache line: every buffer starts on one
@@ -72,3 +74,24 @@ _ARENA = HugePageArena()
 def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``HugePageArena.empty`` of the process's arena, which the sampling kernels' streamed weights share."""
     return _ARENA.empty(shape, dtype)
+
+
+def setting() -> str:
+    """Linux's transparent huge page setting: ``always``, ``madvise`` or ``never`` (``madvise``: only memory
+    that asks, as this arena's does), or ``unknown`` where there is none to read."""
+    try:
+        chosen = re.search(r"\[(\w+)\]", Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text())
+    except OSError:
+        return "unknown"
+    return chosen[1] if chosen else "unknown"
+
+
+def process_huge_bytes() -> int:
+    """Bytes of this process's anonymous memory in transparent huge pages now (``AnonHugePages``; 0 where
+    the OS does not say)."""
+    try:
+        rollup = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.MULTILINE)
+    return int(found[1]) * 1024 if found else 0
