@@ -51,6 +51,7 @@ class HugePageArena:
             start = -(-self._next // _ALIGN) * _ALIGN
             if mapping is None or start + nbytes > len(mapping):
                 mapping, start = self._map(nbytes)
+                self._mapping = weakref.ref(mapping)
             self._next = start + nbytes
             carved = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=start)  # holds the mapping
         return torch.from_numpy(carved).view(dtype).view(shape)
@@ -64,7 +65,6 @@ class HugePageArena:
         except OSError:  # a kernel built without transparent huge pages: ordinary pages, same memory
             pass
         address = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
-        self._mapping = weakref.ref(mapping)
         return mapping, (-address) % HUGE_PAGE
 
 
