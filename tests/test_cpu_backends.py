@@ -65,11 +65,12 @@ def test_failing_and_unavailable_backends_are_passed_by(calibration_file, monkey
 
     monkeypatch.setattr(cpu_backends.Mkl, "linear", broken)
     monkeypatch.setattr(cpu_backends.OneDnn, "missing", lambda self: "no oneDNN in this build")
-    monkeypatch.setattr(cpu_kernels.BlockedLayers, "__init__", broken)  # numba_blocks packs, then its call fails
+    monkeypatch.setattr(cpu_kernels.BlockedLayers, "__init__", broken)  # numba_blocks(_256) pack, then fail
+    passed_by = {"mkl", "onednn", "numba_blocks", "numba_blocks_256"}
     plan = _plan()
     (entry,) = json.loads(calibration_file.read_text()).values()
-    assert plan.backend == entry["backend"] and plan.backend not in ("mkl", "onednn", "numba_blocks")
-    assert sorted(entry["step_ms"]) == sorted(set(EXACT) - {"mkl", "onednn", "numba_blocks"})
+    assert plan.backend == entry["backend"] and plan.backend not in passed_by
+    assert sorted(entry["step_ms"]) == sorted(set(EXACT) - passed_by)
     with pytest.raises(ValueError, match="--cpu_backend=onednn can not run here: no oneDNN in this build"):
         _plan("onednn")
     # With every other backend failing or missing, the plain one remains.
@@ -84,7 +85,7 @@ def test_calibration_times_the_backends_in_turns_so_a_slow_moment_falls_on_all(c
     stretch of the machine slows every backend alike instead of deciding the choice. After the screening turns
     only those within the margin of the fastest go on. A backend that fails to pack is passed by. Time is a fake
     clock that each step advances by its backend's cost."""
-    cost = {"plain": 3.0, "numba": 1.0, "numba_blocks": 1.2, "mkl": 0.5, "onednn": 4.0}
+    cost = {"plain": 3.0, "numba": 1.0, "numba_blocks": 1.2, "numba_blocks_256": 1.4, "mkl": 0.5, "onednn": 4.0}
     clock, names, order = [0.0], {}, []
     build, forward = StepPlan._build, StepPlan._forward
 
@@ -208,7 +209,7 @@ def test_calibration_does_not_change_the_samples(calibration_file):
 
 
 def test_unknown_backend_is_refused_naming_the_valid_ones(tmp_path, monkeypatch):
-    names = r"numba, numba_blocks, mkl, onednn, onednn_bf16, fbgemm_fp16 \(or leave it out"
+    names = r"numba, numba_blocks, numba_blocks_256, mkl, onednn, onednn_bf16, fbgemm_fp16 \(or leave it out"
     with pytest.raises(ValueError, match=rf"unknown --cpu_backend='gpu'; choose one of plain, {names}"):
         TokenSampler(_prior(), cpu_backend="gpu")
     with pytest.raises(ValueError, match="unknown --cpu_backend='fast'"):

@@ -8,6 +8,7 @@ also run there, with the step captured and replayed as a real CUDA graph. No tes
 """
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 
@@ -131,7 +132,7 @@ def test_chunk_plan_primes_like_the_full_forward(name, backend):
         outs += [step.step(x[:, u]).unsqueeze(1) for u in range(t, N_CTX)]
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
     # The numba block products run each layer, attention included, in one kernel call.
-    assert [L.whole is not None for L in plan.layers + step.layers] == [backend == "numba_blocks"] * 2 * depth
+    assert [L.whole is not None for L in plan.layers + step.layers] == [backend.startswith("numba_blocks")] * 2 * depth
 
 
 def test_fast_steps_and_plain_chunks_share_the_cache():
@@ -399,13 +400,14 @@ def _needs_numba():
 
 
 @pytest.mark.parametrize("weights", [torch.float32, torch.float16])
-@pytest.mark.parametrize("kind", ["TiledLinear", "BlockedLinear"])
+@pytest.mark.parametrize("kind", ["TiledLinear", "BlockedLinear", "BlockedLinear narrow"])
 @pytest.mark.parametrize("n_out", [96, 64, 7])
 @pytest.mark.parametrize("rows", [1, 3, 9])
 @pytest.mark.parametrize("n_in", [24, 72])
 def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     """Float32 CPU steps multiply through the numba kernels (cpu_kernels.TiledLinear's zero-padded column tiles,
-    BlockedLinear's four-by-four blocks): addmm's numbers to float32 rounding for any batch and width, float16
+    BlockedLinear's four-by-four blocks, summed in whole or half-width vectors): addmm's numbers to float32
+    rounding for any batch and width, float16
     weights read at two bytes and widened exactly, with the layer norm before and quick_gelu and the residual
     after the product when asked. The widths cover BlockedLinear's whole cache lines of weights (vectors) and
     the rest of a row past them, its groups of four rows, short groups and single rows, and outputs with and
@@ -413,7 +415,9 @@ def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     from jukebox.transformer.ops import Conv1D
 
     _needs_numba()
-    linear = getattr(cpu_kernels, kind)
+    linear = getattr(cpu_kernels, kind.split()[0])
+    if kind.endswith("narrow"):
+        linear = functools.partial(linear, narrow=True)
     conv = Conv1D(n_in, n_out)
     randomize_weights(conv, seed=n_out)
     conv.b.data.normal_()
@@ -449,8 +453,9 @@ for dtype in (torch.float32, torch.float16):
     for n_in, n_out, rows in ((72, 96, 1), (72, 96, 4), (1040, 20, 6)):
         w, b = torch.randn(n_in, n_out, generator=g).to(dtype), torch.randn(n_out, generator=g)
         x = torch.randn(rows, n_in, generator=g)
-        torch.testing.assert_close(cpu_kernels.BlockedLinear(w, b)(x), torch.addmm(b, x, w.float()),
-                                   atol=1e-4, rtol=1e-5)
+        for narrow in (False, True):
+            torch.testing.assert_close(cpu_kernels.BlockedLinear(w, b, narrow=narrow)(x),
+                                       torch.addmm(b, x, w.float()), atol=1e-4, rtol=1e-5)
 print("ok")
 """
 

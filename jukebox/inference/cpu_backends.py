@@ -11,6 +11,8 @@ window from the layer's weights, so nothing is repacked per call:
   residual add inside the kernel, and the numba cache attention;
 * ``numba_blocks``: the same with ``cpu_kernels.BlockedLinear``, four outputs by four rows at a time
   in registers (the numba kernels keep float16-stored weights at two bytes and widen them exactly);
+* ``numba_blocks_256``: the same blocks where the CPU has AVX-512, its groups of four rows summed in
+  256-bit vectors (``narrow``), for CPUs whose 512-bit arithmetic is two 256-bit halves;
 * ``mkl``: MKL's packed SGEMM for the batch (``torch.ops.mkl._mkl_linear``), the product Inductor
   emits for float32 weights once it freezes them, without the compile;
 * ``onednn``: oneDNN's inner product on weights reordered once for the batch
@@ -121,9 +123,22 @@ class Numba(Backend):
 
 class NumbaBlocks(Numba):
     name = "numba_blocks"
+    narrow = False
 
     def linear(self, w, b, batch, norm=None, gelu=False):
-        return cpu_kernels.BlockedLinear(w, b, norm, gelu)
+        return cpu_kernels.BlockedLinear(w, b, norm, gelu, self.narrow)
+
+
+class NumbaBlocks256(NumbaBlocks):
+    name = "numba_blocks_256"
+    narrow = True
+
+    def missing(self):
+        if not cpu_kernels.available():
+            return super().missing()
+        from jukebox.inference.numba_kernels import NARROW
+
+        return None if NARROW == 8 else "without AVX-512, numba_blocks already sums in 256-bit vectors"
 
 
 class Mkl(Backend):
@@ -215,8 +230,8 @@ class Fbgemm16(Backend):
         return product
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (Plain(), Numba(), NumbaBlocks(), Mkl(), OneDnn(), OneDnnBf16(),
-                                                    Fbgemm16())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (Plain(), Numba(), NumbaBlocks(), NumbaBlocks256(), Mkl(), OneDnn(),
+                                                    OneDnnBf16(), Fbgemm16())}
 
 
 def check_backend_name(name: str | None) -> None:

@@ -55,10 +55,11 @@ def _kernels():
     try:
         numba, tiled, blocked, attention_kernel = _build_kernels()
         products = []  # compiles them (or loads them), starts the threads
-        for kernel, weight in ((tiled, np.ones((1, 2, 2), np.float32)), (blocked, blocks(torch.ones(2, 2)).numpy())):
+        for kernel, weight, options in ((tiled, np.ones((1, 2, 2), np.float32), ()),
+                                        (blocked, blocks(torch.ones(2, 2)).numpy(), (False,))):
             products.append(np.empty((1, 2), dtype=np.float32))
             kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, weight, np.zeros(2, np.float32), False,
-                   _NONE_2D, products[-1])
+                   *options, _NONE_2D, products[-1])
         cache = np.ones((1, 2, 2), np.float32)
         attended = np.empty((1, 1, 2), np.float32)
         attention_kernel(np.ones((1, 1, 6), np.float32), cache, cache.copy(), windows((1, 0, 2, 1)), 1, 1.0, attended)
@@ -109,7 +110,8 @@ class _FusedLinear:
 
     __slots__ = ("weight", "bias", "norm", "gelu", "n_out", "_kernel", "_args")
 
-    def __init__(self, weight: torch.Tensor, n_out: int, kernel, b: torch.Tensor, norm: tuple | None, gelu: bool):
+    def __init__(self, weight: torch.Tensor, n_out: int, kernel, b: torch.Tensor, norm: tuple | None, gelu: bool,
+                 options: tuple = ()):
         self.weight, self.n_out, self._kernel, self.gelu = weight, n_out, kernel, gelu
         self.bias = b.detach().float().contiguous()
         self.norm = None if norm is None else (norm[0].detach().float().contiguous(),
@@ -117,7 +119,7 @@ class _FusedLinear:
         norm_args = (_NONE_1D, _NONE_1D, 0.0) if norm is None else \
             (self.norm[0].numpy(), self.norm[1].numpy(), self.norm[2])
         weights = weight.view(torch.int16).numpy().view(np.uint16) if weight.dtype == torch.float16 else weight.numpy()
-        self._args = (*norm_args, weights, self.bias.numpy(), gelu)
+        self._args = (*norm_args, weights, self.bias.numpy(), gelu, *options)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         out = np.empty((x.shape[0], self.n_out), dtype=np.float32)
@@ -157,12 +159,14 @@ class TiledLinear(_FusedLinear):
 class BlockedLinear(_FusedLinear):
     """A ``_FusedLinear`` over the weight in blocks of four outputs (``blocks``): four outputs for four rows at a
     time, sixteen sums held in registers while the block streams once; every output is a float32 dot product
-    over ``n_in`` in partial sums added at the end."""
+    over ``n_in`` in partial sums added at the end. ``narrow``: groups of four rows sum in half-width vectors
+    (``numba_kernels.NARROW`` floats), which the same weight blocks serve."""
 
     __slots__ = ()
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False):
-        super().__init__(blocks(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu)
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False,
+                 narrow: bool = False):
+        super().__init__(blocks(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu, (narrow,))
 
 
 def blocks(w: torch.Tensor) -> torch.Tensor:
@@ -240,8 +244,8 @@ def _layers_kernel():
         return None
     from jukebox.inference import numba_kernels
 
-    product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False)
-    attn = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False)
+    product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False, False)
+    attn = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False, False)
     cache = np.zeros((1, 1, 1), np.float32)
     try:  # one sample, one position, width 1: every product is x -> x, the residuals double it twice
         layers = _typed_list([(attn, cache, cache.copy(), 1, 1.0, product, product, product)])

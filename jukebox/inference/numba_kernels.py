@@ -217,8 +217,13 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 # end, the next block's), so that its loads find them there: four rows' arithmetic fills the CPU's window of
 # instructions in flight before it reaches loads far enough ahead to hide the wait for L2. AVX2 code, tuned on an
 # AMD EPYC, keeps the L2 prefetch alone (0).
+# With ``narrow``, a group of four rows takes each vector of the block as two halves (NARROW floats) and
+# asks for its L1 lines half as far ahead: on CPUs whose AVX-512 units are 256 bits wide (AMD Zen 4), the four
+# rows' arithmetic in full-width vectors falls behind the stream. Which suits a machine is timed, not assumed
+# (``cpu_backends``: ``numba_blocks`` and ``numba_blocks_256``).
 PREFETCH_BLOCKS = 2
 PREFETCH_STEPS = 16 if LANES == 16 else 0
+NARROW = LANES // 2
 # sums_4x4 and sums_1x4 compile as functions of their own: inlined by numba they made blocked_linear far slower
 # to compile and no faster. tail is inlined: called, it slowed the float16 loop.
 
@@ -234,13 +239,13 @@ def line_elements(typingctx, array):
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=True, inline="always")
-def prefetch_ahead(wt, block, ahead, at):  # pragma: no cover (for the iteration at offset `at` of `block`)
+def prefetch_ahead(wt, block, ahead, at, steps):  # pragma: no cover (the iteration at offset `at` of `block`)
     if ahead >= 0:
         for j in range(0, 4 * LANES, line_elements(wt)):
             prefetch(wt, ahead * wt.shape[1] + at + j, 2)
-    if PREFETCH_STEPS:
+    if steps:
         for j in range(0, 4 * LANES, line_elements(wt)):
-            prefetch(wt, block * wt.shape[1] + at + 4 * LANES * PREFETCH_STEPS + j, 1)
+            prefetch(wt, block * wt.shape[1] + at + 4 * LANES * steps + j, 1)
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
@@ -251,13 +256,25 @@ def tail(x, m, wt, block, q, main):  # pragma: no cover (row q's sum over the in
     return total
 
 
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
+def totals_4x4(x, m0, m1, m2, m3, wt, block, main, v):  # pragma: no cover (v: the 16 vector sums, row by row)
+    return (vsum(v[0]) + tail(x, m0, wt, block, 0, main), vsum(v[1]) + tail(x, m0, wt, block, 1, main),
+            vsum(v[2]) + tail(x, m0, wt, block, 2, main), vsum(v[3]) + tail(x, m0, wt, block, 3, main),
+            vsum(v[4]) + tail(x, m1, wt, block, 0, main), vsum(v[5]) + tail(x, m1, wt, block, 1, main),
+            vsum(v[6]) + tail(x, m1, wt, block, 2, main), vsum(v[7]) + tail(x, m1, wt, block, 3, main),
+            vsum(v[8]) + tail(x, m2, wt, block, 0, main), vsum(v[9]) + tail(x, m2, wt, block, 1, main),
+            vsum(v[10]) + tail(x, m2, wt, block, 2, main), vsum(v[11]) + tail(x, m2, wt, block, 3, main),
+            vsum(v[12]) + tail(x, m3, wt, block, 0, main), vsum(v[13]) + tail(x, m3, wt, block, 1, main),
+            vsum(v[14]) + tail(x, m3, wt, block, 2, main), vsum(v[15]) + tail(x, m3, wt, block, 3, main))
+
+
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def sums_4x4(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover
     main = x.shape[1] - x.shape[1] % LANES
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(LANES)
     for k in range(0, main, LANES):
         at = 4 * k
-        prefetch_ahead(wt, block, ahead, at)
+        prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS)
         wa, wb, wc, wd = vload(wt, block, at, LANES), vload(wt, block, at + LANES, LANES), \
             vload(wt, block, at + 2 * LANES, LANES), vload(wt, block, at + 3 * LANES, LANES)
         x0, x1, x2, x3 = vload(x, m0, k, LANES), vload(x, m1, k, LANES), vload(x, m2, k, LANES), \
@@ -266,14 +283,28 @@ def sums_4x4(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover
         b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
         c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
         d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
-    return (vsum(a0) + tail(x, m0, wt, block, 0, main), vsum(b0) + tail(x, m0, wt, block, 1, main),  # row m0's
-            vsum(c0) + tail(x, m0, wt, block, 2, main), vsum(d0) + tail(x, m0, wt, block, 3, main),
-            vsum(a1) + tail(x, m1, wt, block, 0, main), vsum(b1) + tail(x, m1, wt, block, 1, main),
-            vsum(c1) + tail(x, m1, wt, block, 2, main), vsum(d1) + tail(x, m1, wt, block, 3, main),
-            vsum(a2) + tail(x, m2, wt, block, 0, main), vsum(b2) + tail(x, m2, wt, block, 1, main),
-            vsum(c2) + tail(x, m2, wt, block, 2, main), vsum(d2) + tail(x, m2, wt, block, 3, main),
-            vsum(a3) + tail(x, m3, wt, block, 0, main), vsum(b3) + tail(x, m3, wt, block, 1, main),
-            vsum(c3) + tail(x, m3, wt, block, 2, main), vsum(d3) + tail(x, m3, wt, block, 3, main))
+    return totals_4x4(x, m0, m1, m2, m3, wt, block, main,
+                      (a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3))
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
+def sums_4x4_narrow(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover (sums_4x4 in half-width vectors)
+    main = x.shape[1] - x.shape[1] % LANES
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(NARROW)
+    for k in range(0, main, LANES):
+        at = 4 * k
+        prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS // 2)
+        for h in range(0, LANES, NARROW):
+            wa, wb, wc, wd = vload(wt, block, at + h, NARROW), vload(wt, block, at + LANES + h, NARROW), \
+                vload(wt, block, at + 2 * LANES + h, NARROW), vload(wt, block, at + 3 * LANES + h, NARROW)
+            x0, x1, x2, x3 = vload(x, m0, k + h, NARROW), vload(x, m1, k + h, NARROW), vload(x, m2, k + h, NARROW), \
+                vload(x, m3, k + h, NARROW)
+            a0, a1, a2, a3 = vfma(x0, wa, a0), vfma(x1, wa, a1), vfma(x2, wa, a2), vfma(x3, wa, a3)
+            b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
+            c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
+            d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
+    return totals_4x4(x, m0, m1, m2, m3, wt, block, main,
+                      (a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3))
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
@@ -282,7 +313,7 @@ def sums_1x4(x, m, wt, block, ahead):  # pragma: no cover
     a = b = c = d = vzeros(LANES)
     for k in range(0, main, LANES):
         at = 4 * k
-        prefetch_ahead(wt, block, ahead, at)
+        prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS)
         xv = vload(x, m, k, LANES)
         a, b = vfma(xv, vload(wt, block, at, LANES), a), vfma(xv, vload(wt, block, at + LANES, LANES), b)
         c = vfma(xv, vload(wt, block, at + 2 * LANES, LANES), c)
@@ -292,7 +323,7 @@ def sums_1x4(x, m, wt, block, ahead):  # pragma: no cover
 
 
 @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
-def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out):  # pragma: no cover
+def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, narrow, residual, out):  # pragma: no cover
     rows, n_blocks = x.shape[0], wt.shape[0]
     if norm_weight.shape[0]:
         x = layer_norm(x, norm_weight, norm_bias, eps)
@@ -304,7 +335,10 @@ def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, residual, out
                 finish4(sums_1x4(x, m0, wt, block, ahead), m0, o, bias, gelu, residual, out)
             else:
                 m1, m2, m3 = min(m0 + 1, rows - 1), min(m0 + 2, rows - 1), min(m0 + 3, rows - 1)
-                s = sums_4x4(x, m0, m1, m2, m3, wt, block, ahead)
+                if narrow:
+                    s = sums_4x4_narrow(x, m0, m1, m2, m3, wt, block, ahead)
+                else:
+                    s = sums_4x4(x, m0, m1, m2, m3, wt, block, ahead)
                 finish4((s[0], s[1], s[2], s[3]), m0, o, bias, gelu, residual, out)
                 finish4((s[4], s[5], s[6], s[7]), m1, o, bias, gelu, residual, out)  # a repeated row: the same again
                 finish4((s[8], s[9], s[10], s[11]), m2, o, bias, gelu, residual, out)
@@ -359,22 +393,23 @@ def cached_attention(proj, key, value, windows, n_head, scale, out):  # pragma: 
 
 # A whole layer: its five kernels one after another, with nothing between them (each call from Python would cost
 # more than the arithmetic of a small one). Each product's arguments are (norm weight, norm bias, eps, weight
-# blocks, bias, gelu), as blocked_linear takes them.
+# blocks, bias, gelu, narrow), as blocked_linear takes them.
 @numba.njit(nogil=True, boundscheck=False, cache=True)
 def blocked_layer(x, n, attn, key, value, windows, n_head, scale, proj, fc, mlp):  # pragma: no cover
     rows = x.shape[0]
     positions, width = rows // n, key.shape[2]
     none = np.empty((0, 0), dtype=np.float32)
     qkv = np.empty((rows, attn[4].shape[0]), dtype=np.float32)
-    blocked_linear(x, attn[0], attn[1], attn[2], attn[3], attn[4], attn[5], none, qkv)
+    blocked_linear(x, attn[0], attn[1], attn[2], attn[3], attn[4], attn[5], attn[6], none, qkv)
     a = np.empty((n, positions, width), dtype=np.float32)
     cached_attention(qkv.reshape((n, positions, qkv.shape[1])), key, value, windows, n_head, scale, a)
     h = np.empty((rows, proj[4].shape[0]), dtype=np.float32)
-    blocked_linear(a.reshape((rows, width)), proj[0], proj[1], proj[2], proj[3], proj[4], proj[5], x, h)
+    blocked_linear(a.reshape((rows, width)), proj[0], proj[1], proj[2], proj[3], proj[4], proj[5], proj[6], x,
+                   h)
     f = np.empty((rows, fc[4].shape[0]), dtype=np.float32)
-    blocked_linear(h, fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], none, f)
+    blocked_linear(h, fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], fc[6], none, f)
     out = np.empty((rows, mlp[4].shape[0]), dtype=np.float32)
-    blocked_linear(f, mlp[0], mlp[1], mlp[2], mlp[3], mlp[4], mlp[5], h, out)
+    blocked_linear(f, mlp[0], mlp[1], mlp[2], mlp[3], mlp[4], mlp[5], mlp[6], h, out)
     return out
 
 
