@@ -13,8 +13,8 @@ the transformers port's layout; ``--weights_source=openai|hf`` keeps one source 
 Sampling settings per level (bottom level first) can be overridden with ``--temp``, ``--fp16``,
 ``--max_batch_size``, ``--chunk_size``, ``--top_k``, ``--top_p``, each a scalar or a comma list.
 ``--cpu_backend=NAME`` runs CPU sampling steps and priming products through one backend of
-``jukebox.inference.cpu_backends`` (``numba``, ``numba_blocks``, ``mkl``, ``onednn``, ``plain``; the opt-ins
-``onednn_bf16`` and ``fbgemm_fp16`` round) instead of the one calibrated for the machine.
+``jukebox.inference.cpu_backends`` (``numba``, ``numba_blocks``, ``numba_blocks_256``, ``mkl``, ``onednn``,
+``plain``; the opt-ins ``onednn_bf16`` and ``fbgemm_fp16`` round) instead of the one calibrated for the machine.
 
 Outputs go to ``{name}/level_{k}/``: ``item_{i}.wav``, ``data.pth.tar`` (zs, labels, sampling_kwargs, x;
 tensors and plain types only) and ``index.html`` with one page per item (lyric alignment for lyric models).
