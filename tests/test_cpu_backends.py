@@ -167,6 +167,24 @@ def test_calibration_screens_on_leading_layers_then_races_the_close_ones_on_more
     assert entry["step_ms"] == {name: cost.get(name, (5.0, 5.0))[name in finalists] * 3e3 for name in EXACT}
 
 
+def test_calibration_passes_by_a_backend_below_its_batch(calibration_file, monkeypatch):
+    """A backend that runs another one's code below ``min_batch`` rows is not timed there (numba_blocks_256 sums
+    a single row as numba_blocks does), and is timed from that batch up."""
+    monkeypatch.setattr(cpu_backends.BACKENDS["numba"], "min_batch", 3)
+    _plan(n=2)
+    (entry,) = json.loads(calibration_file.read_text()).values()
+    assert sorted(entry["step_ms"]) == sorted(set(EXACT) - {"numba"})
+    calibration_file.unlink()
+    _plan(n=1)
+    (entry,) = json.loads(calibration_file.read_text()).values()
+    assert sorted(entry["step_ms"]) == sorted(set(EXACT) - {"numba", "numba_blocks_256"})
+    monkeypatch.setattr(cpu_backends.BACKENDS["numba"], "min_batch", 2)
+    calibration_file.unlink()
+    _plan(n=2)
+    (entry,) = json.loads(calibration_file.read_text()).values()
+    assert sorted(entry["step_ms"]) == sorted(EXACT)
+
+
 def test_unwritable_calibration_cache_still_chooses(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")

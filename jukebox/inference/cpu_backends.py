@@ -67,12 +67,14 @@ class Backend:
     ``gelu``, quick_gelu of its output, and the product takes ``residual`` ``(M, n_out)`` to add.
     ``attends``: the numba cache attention runs the layers' attention where numba is available.
     ``packs``: ``linear`` makes a copy of the weight (transposed, reordered or rounded) for the plan to hold.
+    ``min_batch``: below this batch it runs another backend's code, and calibration passes it by.
     """
 
     name = ""
     fuses = False
     attends = True
     packs = True
+    min_batch = 1
 
     def missing(self) -> str | None:
         """Why this backend can not run here, or None."""
@@ -132,6 +134,7 @@ class NumbaBlocks(Numba):
 class NumbaBlocks256(NumbaBlocks):
     name = "numba_blocks_256"
     narrow = True
+    min_batch = 2  # a single row is summed as numba_blocks sums it
 
     def missing(self):
         if not cpu_kernels.available():
@@ -319,7 +322,8 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
     started = time.perf_counter()
     candidates = []
     for backend in BACKENDS.values():
-        reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights")
+        reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights") or \
+            (None if shape["batch"] >= backend.min_batch else f"another backend's code below {backend.min_batch} rows")
         if reason is None:
             candidates.append(backend)
         else:
