@@ -310,10 +310,10 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
     """The fastest exact backend for a step of ``shape`` (JSON-able: the model's products, its ``layers``, batch,
     dtypes) with weights stored as ``weights``: the cached choice for this machine and shape, else the one
     ``measure(candidates)`` finds fastest, written to the cache. ``candidates`` are every available exact
-    backend; ``measure`` returns ``{name: (seconds, layers)}`` for those that ran: the median step over the
-    model's first ``layers`` layers. The fastest of those that ran the most layers wins. Falls back to
-    ``plain``. The cache keeps each backend's time scaled to the whole step (``step_ms``) beside the layers
-    its trial ran (``trial_layers``)."""
+    backend that serves the batch (``min_batch``); ``measure`` returns ``{name: (seconds, layers)}`` for those
+    that ran: the median step over the model's first ``layers`` layers. The fastest of those that ran the most
+    layers wins. Falls back to ``plain``. The cache keeps each backend's time scaled to the whole step
+    (``step_ms``) beside the layers its trial ran (``trial_layers``)."""
     path = calibration_path() if path is None else path
     key = _key(shape)
     cached = _read(path).get(key)
