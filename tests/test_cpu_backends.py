@@ -42,7 +42,7 @@ def _plan(cpu_backend: str | None = None, n: int = N) -> StepPlan:
         return StepPlan(list(t._attn_mods), cache, torch.float32, cpu_backend)
 
 
-def test_calibration_picks_an_exact_backend_writes_and_reuses_its_cache(calibration_file):
+def test_calibration_picks_an_exact_backend_writes_and_reuses_its_cache(calibration_file, monkeypatch):
     plan = _plan()
     assert plan.backend in EXACT
     entries = json.loads(calibration_file.read_text())
@@ -57,6 +57,11 @@ def test_calibration_picks_an_exact_backend_writes_and_reuses_its_cache(calibrat
     # Another batch is another shape: calibrated and added beside it.
     _plan(n=1)
     assert len(json.loads(calibration_file.read_text())) == 2
+    # A choice cached before a backend existed is made again, with it.
+    newer = type("Newer", (cpu_backends.Plain,), {"name": "newer"})()
+    monkeypatch.setitem(cpu_backends.BACKENDS, newer.name, newer)
+    _plan()
+    assert len(json.loads(calibration_file.read_text())) == 3
 
 
 def test_failing_and_unavailable_backends_are_passed_by(calibration_file, monkeypatch):

@@ -292,7 +292,8 @@ def calibration_path() -> Path:
 
 
 def _key(shape: dict) -> str:
-    machine = dict(cpu_info(), torch=torch.__version__, numba=cpu_kernels.backend())
+    # The backends' names too: a choice made before a backend existed is made again with it.
+    machine = dict(cpu_info(), torch=torch.__version__, numba=cpu_kernels.backend(), backends=sorted(BACKENDS))
     return json.dumps(dict(machine=machine, **shape), sort_keys=True)
 
 
