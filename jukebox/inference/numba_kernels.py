@@ -257,14 +257,6 @@ def tail(x, m, wt, block, q, main):  # pragma: no cover (row q's sum over the in
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
-def fma_4x4(x0, x1, x2, x3, wa, wb, wc, wd, v):  # pragma: no cover (v: the 16 sums, row by row, each plus x_m w_q)
-    return (vfma(x0, wa, v[0]), vfma(x0, wb, v[1]), vfma(x0, wc, v[2]), vfma(x0, wd, v[3]),
-            vfma(x1, wa, v[4]), vfma(x1, wb, v[5]), vfma(x1, wc, v[6]), vfma(x1, wd, v[7]),
-            vfma(x2, wa, v[8]), vfma(x2, wb, v[9]), vfma(x2, wc, v[10]), vfma(x2, wd, v[11]),
-            vfma(x3, wa, v[12]), vfma(x3, wb, v[13]), vfma(x3, wc, v[14]), vfma(x3, wd, v[15]))
-
-
-@numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True, inline="always")
 def totals_4x4(x, m0, m1, m2, m3, wt, block, main, v):  # pragma: no cover (v: the 16 vector sums, row by row)
     return (vsum(v[0]) + tail(x, m0, wt, block, 0, main), vsum(v[1]) + tail(x, m0, wt, block, 1, main),
             vsum(v[2]) + tail(x, m0, wt, block, 2, main), vsum(v[3]) + tail(x, m0, wt, block, 3, main),
@@ -279,8 +271,7 @@ def totals_4x4(x, m0, m1, m2, m3, wt, block, main, v):  # pragma: no cover (v: t
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def sums_4x4(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover
     main = x.shape[1] - x.shape[1] % LANES
-    z = vzeros(LANES)
-    v = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(LANES)
     for k in range(0, main, LANES):
         at = 4 * k
         prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS)
@@ -288,15 +279,18 @@ def sums_4x4(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover
             vload(wt, block, at + 2 * LANES, LANES), vload(wt, block, at + 3 * LANES, LANES)
         x0, x1, x2, x3 = vload(x, m0, k, LANES), vload(x, m1, k, LANES), vload(x, m2, k, LANES), \
             vload(x, m3, k, LANES)
-        v = fma_4x4(x0, x1, x2, x3, wa, wb, wc, wd, v)
-    return totals_4x4(x, m0, m1, m2, m3, wt, block, main, v)
+        a0, a1, a2, a3 = vfma(x0, wa, a0), vfma(x1, wa, a1), vfma(x2, wa, a2), vfma(x3, wa, a3)
+        b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
+        c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
+        d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
+    return totals_4x4(x, m0, m1, m2, m3, wt, block, main,
+                      (a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3))
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
 def sums_4x4_narrow(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover (sums_4x4 in half-width vectors)
     main = x.shape[1] - x.shape[1] % LANES
-    z = vzeros(NARROW)
-    v = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = vzeros(NARROW)
     for k in range(0, main, LANES):
         at = 4 * k
         prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS // 2)
@@ -305,8 +299,12 @@ def sums_4x4_narrow(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover (s
                 vload(wt, block, at + 2 * LANES + h, NARROW), vload(wt, block, at + 3 * LANES + h, NARROW)
             x0, x1, x2, x3 = vload(x, m0, k + h, NARROW), vload(x, m1, k + h, NARROW), vload(x, m2, k + h, NARROW), \
                 vload(x, m3, k + h, NARROW)
-            v = fma_4x4(x0, x1, x2, x3, wa, wb, wc, wd, v)
-    return totals_4x4(x, m0, m1, m2, m3, wt, block, main, v)
+            a0, a1, a2, a3 = vfma(x0, wa, a0), vfma(x1, wa, a1), vfma(x2, wa, a2), vfma(x3, wa, a3)
+            b0, b1, b2, b3 = vfma(x0, wb, b0), vfma(x1, wb, b1), vfma(x2, wb, b2), vfma(x3, wb, b3)
+            c0, c1, c2, c3 = vfma(x0, wc, c0), vfma(x1, wc, c1), vfma(x2, wc, c2), vfma(x3, wc, c3)
+            d0, d1, d2, d3 = vfma(x0, wd, d0), vfma(x1, wd, d1), vfma(x2, wd, d2), vfma(x3, wd, d3)
+    return totals_4x4(x, m0, m1, m2, m3, wt, block, main,
+                      (a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3))
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
