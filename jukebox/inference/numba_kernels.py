@@ -225,7 +225,9 @@ PREFETCH_BLOCKS = 2
 PREFETCH_STEPS = 16 if LANES == 16 else 0
 NARROW = LANES // 2
 # sums_4x4 and sums_1x4 compile as functions of their own: inlined by numba they made blocked_linear far slower
-# to compile and no faster. tail is inlined: called, it slowed the float16 loop.
+# to compile and no faster. tail is inlined: called, it slowed the float16 loop. sums_4x4 and sums_4x4_narrow each
+# spell out their sixteen sums as variables: carried through the loop as one tuple (a shared helper), they left
+# LLVM spilling more of AVX2's sixteen registers and the four-row loop a third slower there.
 
 
 @intrinsic
