@@ -12,7 +12,7 @@ import torch
 from jukebox.utils import huge_pages
 from jukebox.utils.huge_pages import HUGE_PAGE, HugePageArena
 
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_SETTING = huge_pages.THP_ENABLED
 
 
 def _huge_kib(tensor: torch.Tensor) -> int:

@@ -24,6 +24,7 @@ import torch
 __all__ = ["HUGE_PAGE", "HugePageArena", "empty", "setting", "process_huge_bytes"]
 
 HUGE_PAGE = 2 << 20
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # Linux's setting, e.g. "always [madvise] never"
 _ALIGN = 64  # a cache line: every buffer starts on one
 _SUPPORTED = hasattr(mmap, "MADV_HUGEPAGE") and hasattr(mmap, "MAP_ANONYMOUS")
 
@@ -80,7 +81,7 @@ def setting() -> str:
     """Linux's transparent huge page setting: ``always``, ``madvise`` or ``never`` (``madvise``: only memory
     that asks, as this arena's does), or ``unknown`` where there is none to read."""
     try:
-        chosen = re.search(r"\[(\w+)\]", Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text())
+        chosen = re.search(r"\[(\w+)\]", THP_ENABLED.read_text())
     except OSError:
         return "unknown"
     return chosen[1] if chosen else "unknown"
