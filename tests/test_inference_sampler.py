@@ -1,11 +1,11 @@
-"""The token sampler's helpers (priming chunks, logit filtering) against reference/fixtures/utils.pt."""
+"""The token sampler's helpers (priming chunks, logit filtering, the draw) against reference/fixtures/utils.pt."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import load_fixture
-from jukebox.inference.sampler import filter_logits, get_split_chunks
+from jukebox.inference.sampler import draw, filter_logits, get_split_chunks
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,21 @@ def test_filter_logits_ties_and_threshold():
     assert torch.equal(custom, torch.tensor([[2.0, -1e4, -1e4, -1e4]]))
     with pytest.raises(ValueError, match="not both"):
         filter_logits(logits, top_k=1, top_p=0.5)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_draw_is_the_original_categorical_draw(n):
+    """The original draws with ``Categorical(logits=filtered / temp).sample()``: the same seed gives the same tokens,
+    for any temperature and filter, and the generator is left where that draw leaves it."""
+    logits = torch.randn(n, 1, 2048, generator=torch.Generator().manual_seed(n)) * 3
+    for temp, top_k, top_p in ((1.0, 0, 0.0), (0.7, 0, 0.0), (0.98, 40, 0.0), (1.3, 0, 0.9)):
+        torch.manual_seed(11)
+        got = [draw(logits, temp, top_k, top_p) for _ in range(64)]
+        after = torch.rand(1)
+        torch.manual_seed(11)
+        filtered = filter_logits(logits / temp, top_k=top_k, top_p=top_p)
+        want = [torch.distributions.Categorical(logits=filtered).sample() for _ in range(64)]
+        assert torch.equal(torch.rand(1), after)
+        assert got[0].shape == (n, 1) and got[0].dtype == torch.long
+        assert torch.equal(torch.stack(got), torch.stack(want)), (temp, top_k, top_p)
+        assert len({tuple(t.flatten().tolist()) for t in got}) > 1

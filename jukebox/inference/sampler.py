@@ -77,9 +77,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
 
 
 def draw(logits: torch.Tensor, temp: float, top_k: int, top_p: float) -> torch.Tensor:
-    """One categorical draw per item from ``softmax(filter(logits / temp))``: ``(N, 1, bins) -> (N, 1)``."""
+    """One categorical draw per item from ``softmax(filter(logits / temp))``: ``(N, 1, bins) -> (N, 1)``.
+
+    The arithmetic of ``torch.distributions.Categorical(logits=...).sample()``, op for op (logits less their
+    log-sum-exp, softmax, ``torch.multinomial``), so a generator state draws the same tokens; without the
+    distribution object, whose Python work takes longer than the draw at a step's one token per item."""
     logits = filter_logits(logits / temp, top_k=top_k, top_p=top_p)
-    return torch.distributions.Categorical(logits=logits, validate_args=False).sample()
+    probs = F.softmax(logits - logits.logsumexp(-1, keepdim=True), dim=-1)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True).view(probs.shape[:-1])
 
 
 class TokenSampler:
