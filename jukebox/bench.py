@@ -17,9 +17,10 @@ medians over repeats:
 and prints them, with the CPU model, its ISA and the threads (on CUDA the GPU, the torch and CUDA versions and
 the host CPU), beside the floor computed on the spot:
 the bytes of weights one step reads divided by the memory bandwidth of a large tensor copy on the
-same machine and threads (measured at the start and again before every timed ancestral run, since
-it drifts on shared machines). A step can not be faster than reading every weight once, whatever
-the batch. Float16-stored weights (``--hps=...,all_fp16``) count two bytes each: their own floor.
+same machine and threads (measured at the start and again around every timed ancestral run, since
+it drifts on shared machines: each run is compared with the floor of the measurements on either side
+of it). A step can not be faster than reading every weight once, whatever the batch. Float16-stored
+weights (``--hps=...,all_fp16``) count two bytes each: their own floor.
 
 Step times are the intervals between consecutive draws (embedding, all layers, output layer and the
 draw), so allocation and the first position are not counted in per-step figures; end-to-end rates
@@ -202,25 +203,31 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
                                              sample_tokens=sample_tokens)
         return _timed(model, dev, run_sampler, **{**options, **forced})
 
-    # Ancestral sampling: the first run is the warm-up. Memory bandwidth drifts on shared machines, so it
-    # is measured again before every timed run and each batch's floor comes from those measurements.
+    # Ancestral sampling: the first run is the warm-up. Memory bandwidth drifts on shared machines, from one
+    # second to the next on some virtual ones, so it is measured before and after every timed run: each run is
+    # set against the floor of its own two measurements, and the batch's ratio is the median of those.
     for n in n_samples:
-        steps, rates, bandwidths = [], [], []
+        steps, rates, run_floors, ratios = [], [], [], []
+        bandwidth = None
         for r in range(repeats + 1):
-            if r:
-                bandwidths.append(measure_bandwidth(dev, repeats=3))
             timer, total = sample(n, sample_tokens=tokens + 2)
             if r:
+                after = measure_bandwidth(dev, repeats=3)
+                run_floors.append(weight_bytes * 2 / (bandwidth + after))
+                ratios.append(statistics.median(timer.step_times()) / run_floors[-1])
                 steps += timer.step_times()
                 rates.append(n * (tokens + 2) / total)
-        step, floor_n = statistics.median(steps), weight_bytes / statistics.median(bandwidths)
+                bandwidth = after
+            else:
+                bandwidth = measure_bandwidth(dev, repeats=3)
+        step, floor_n, ratio = statistics.median(steps), statistics.median(run_floors), statistics.median(ratios)
         plan = timer.sampler.plan
-        out[f"ancestral_n{n}"] = res = dict(step_s=step, tokens_per_s=n / step, floor_s=floor_n,
-                                            end_to_end_tokens_per_s=statistics.median(rates),
+        out[f"ancestral_n{n}"] = res = dict(step_s=step, tokens_per_s=n / step, floor_s=floor_n, floor_ratio=ratio,
+                                            floor_ratios=ratios, end_to_end_tokens_per_s=statistics.median(rates),
                                             kv_cache_bytes_per_sample=timer.cache_bytes / n,
                                             backend=plan.backend if plan is not None else "plain_step")
-        log(f"  ancestral n_samples={n}: {step * 1e3:.1f} ms/step = {n / step:.1f} tokens/s "
-            f"({step / floor_n:.2f}x the floor of {floor_n * 1e3:.1f} ms measured between its runs; "
+        log(f"  ancestral n_samples={n}: {step * 1e3:.1f} ms/step = {n / step:.1f} tokens/s ({ratio:.2f}x the "
+            f"floor measured around each run, {floor_n * 1e3:.1f} ms; runs {min(ratios):.2f}-{max(ratios):.2f}x; "
             f"end to end {statistics.median(rates):.1f} tokens/s)")
         if plan is not None and plan.backend is not None:
             calibrated = None if cpu_backend else cpu_backends.calibration(plan.shape())
