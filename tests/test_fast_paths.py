@@ -400,23 +400,25 @@ def _needs_numba():
 
 
 @pytest.mark.parametrize("weights", [torch.float32, torch.float16])
-@pytest.mark.parametrize("kind", ["TiledLinear", "BlockedLinear", "BlockedLinear narrow"])
+@pytest.mark.parametrize("kind", ["TiledLinear", "BlockedLinear", "BlockedLinear narrow",
+                                  "BlockedLinear narrow unprefetched"])
 @pytest.mark.parametrize("n_out", [96, 64, 7])
 @pytest.mark.parametrize("rows", [1, 3, 9])
 @pytest.mark.parametrize("n_in", [24, 72])
 def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     """Float32 CPU steps multiply through the numba kernels (cpu_kernels.TiledLinear's zero-padded column tiles,
-    BlockedLinear's four-by-four blocks, summed in whole or half-width vectors): addmm's numbers to float32
-    rounding for any batch and width, float16 weights read at two bytes and widened exactly, with the layer norm
-    before and quick_gelu and the residual after the product when asked. The widths cover BlockedLinear's whole
+    BlockedLinear's four-by-four blocks, summed in whole or half-width vectors, single rows with or without
+    software prefetch): addmm's numbers to float32 rounding for any batch and width, float16 weights read at two
+    bytes and widened exactly, with the layer norm before and quick_gelu and the residual after the product when
+    asked. The widths cover BlockedLinear's whole
     cache lines of weights (vectors) and the rest of a row past them, its groups of four rows, short groups and
     single rows, and outputs with and without rows far enough ahead to prefetch."""
     from jukebox.transformer.ops import Conv1D
 
     _needs_numba()
     linear = getattr(cpu_kernels, kind.split()[0])
-    if kind.endswith("narrow"):
-        linear = functools.partial(linear, narrow=True)
+    if "narrow" in kind:
+        linear = functools.partial(linear, narrow=True, single_prefetch=not kind.endswith("unprefetched"))
     conv = Conv1D(n_in, n_out)
     randomize_weights(conv, seed=n_out)
     conv.b.data.normal_()
@@ -452,9 +454,9 @@ for dtype in (torch.float32, torch.float16):
     for n_in, n_out, rows in ((72, 96, 1), (72, 96, 4), (1040, 20, 6)):
         w, b = torch.randn(n_in, n_out, generator=g).to(dtype), torch.randn(n_out, generator=g)
         x = torch.randn(rows, n_in, generator=g)
-        for narrow in (False, True):
-            torch.testing.assert_close(cpu_kernels.BlockedLinear(w, b, narrow=narrow)(x),
-                                       torch.addmm(b, x, w.float()), atol=1e-4, rtol=1e-5)
+        for narrow, single_prefetch in ((False, True), (True, True), (True, False)):
+            product = cpu_kernels.BlockedLinear(w, b, narrow=narrow, single_prefetch=single_prefetch)
+            torch.testing.assert_close(product(x), torch.addmm(b, x, w.float()), atol=1e-4, rtol=1e-5)
 print("ok")
 """
 

@@ -11,8 +11,9 @@ window from the layer's weights, so nothing is repacked per call:
   residual add inside the kernel, and the numba cache attention;
 * ``numba_blocks``: the same with ``cpu_kernels.BlockedLinear``, four outputs by four rows at a time
   in registers (the numba kernels keep float16-stored weights at two bytes and widen them exactly);
-* ``numba_blocks_256``: the same blocks where the CPU has AVX-512, its groups of four rows summed in
-  256-bit vectors (``narrow``), for CPUs whose 512-bit arithmetic is two 256-bit halves;
+* ``numba_blocks_256``: the same blocks where the CPU has AVX-512, tuned for CPUs whose 512-bit arithmetic is
+  two 256-bit halves (AMD Zen 4): groups of four rows summed in 256-bit vectors (``narrow``), and a single row
+  of float16 weights left to the CPU's own prefetchers (no ``single_prefetch``);
 * ``mkl``: MKL's packed SGEMM for the batch (``torch.ops.mkl._mkl_linear``), the product Inductor
   emits for float32 weights once it freezes them, without the compile;
 * ``onednn``: oneDNN's inner product on weights reordered once for the batch
@@ -67,14 +68,14 @@ class Backend:
     ``gelu``, quick_gelu of its output, and the product takes ``residual`` ``(M, n_out)`` to add.
     ``attends``: the numba cache attention runs the layers' attention where numba is available.
     ``packs``: ``linear`` makes a copy of the weight (transposed, reordered or rounded) for the plan to hold.
-    ``min_batch``: below this batch it runs another backend's code, and calibration passes it by.
+    ``min_batch(weights)``: below this batch it runs another backend's code for weights stored as ``weights``,
+    and calibration passes it by.
     """
 
     name = ""
     fuses = False
     attends = True
     packs = True
-    min_batch = 1
 
     def missing(self) -> str | None:
         """Why this backend can not run here, or None."""
@@ -83,6 +84,9 @@ class Backend:
     def exact(self, weights: torch.dtype) -> bool:
         """Whether products of weights stored as ``weights`` equal ``addmm``'s to float32 rounding."""
         return True
+
+    def min_batch(self, weights: torch.dtype) -> int:
+        return 1
 
     def linear(self, w: torch.Tensor, b: torch.Tensor, batch: int, norm: tuple | None = None,
                gelu: bool = False) -> Product:
@@ -127,14 +131,22 @@ class NumbaBlocks(Numba):
     name = "numba_blocks"
     narrow = False
 
+    def single_prefetch(self, weights: torch.dtype) -> bool:
+        return True
+
     def linear(self, w, b, batch, norm=None, gelu=False):
-        return cpu_kernels.BlockedLinear(w, b, norm, gelu, self.narrow)
+        return cpu_kernels.BlockedLinear(w, b, norm, gelu, self.narrow, self.single_prefetch(w.dtype))
 
 
 class NumbaBlocks256(NumbaBlocks):
     name = "numba_blocks_256"
     narrow = True
-    min_batch = 2  # a single row is summed as numba_blocks sums it
+
+    def single_prefetch(self, weights):
+        return weights != torch.float16
+
+    def min_batch(self, weights):
+        return 1 if weights == torch.float16 else 2  # a single row of float32 weights is summed as numba_blocks does
 
     def missing(self):
         if not cpu_kernels.available():
@@ -291,9 +303,15 @@ def calibration_path() -> Path:
     return Path(os.environ.get("JUKEBOX_CPU_CALIBRATION") or cache_dir() / "cpu_backends.json")
 
 
+# Raised when a backend's code changes what calibration would measure: choices cached under another revision
+# are made again.
+CALIBRATION_REVISION = 2
+
+
 def _key(shape: dict) -> str:
     # The backends' names too: a choice made before a backend existed is made again with it.
-    machine = dict(cpu_info(), torch=torch.__version__, numba=cpu_kernels.backend(), backends=sorted(BACKENDS))
+    machine = dict(cpu_info(), torch=torch.__version__, numba=cpu_kernels.backend(), backends=sorted(BACKENDS),
+                   revision=CALIBRATION_REVISION)
     return json.dumps(dict(machine=machine, **shape), sort_keys=True)
 
 
@@ -324,7 +342,8 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
     candidates = []
     for backend in BACKENDS.values():
         reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights") or \
-            (None if shape["batch"] >= backend.min_batch else f"another backend's code below {backend.min_batch} rows")
+            (None if shape["batch"] >= backend.min_batch(weights)
+             else f"another backend's code below {backend.min_batch(weights)} rows")
         if reason is None:
             candidates.append(backend)
         else:

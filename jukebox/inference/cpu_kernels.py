@@ -56,7 +56,7 @@ def _kernels():
         numba, tiled, blocked, attention_kernel = _build_kernels()
         products = []  # compiles them (or loads them), starts the threads
         for kernel, weight, options in ((tiled, np.ones((1, 2, 2), np.float32), ()),
-                                        (blocked, blocks(torch.ones(2, 2)).numpy(), (False,))):
+                                        (blocked, blocks(torch.ones(2, 2)).numpy(), (False, True))):
             products.append(np.empty((1, 2), dtype=np.float32))
             kernel(np.ones((1, 2), np.float32), _NONE_1D, _NONE_1D, 0.0, weight, np.zeros(2, np.float32), False,
                    *options, _NONE_2D, products[-1])
@@ -160,13 +160,15 @@ class BlockedLinear(_FusedLinear):
     """A ``_FusedLinear`` over the weight in blocks of four outputs (``blocks``): four outputs for four rows at a
     time, sixteen sums held in registers while the block streams once; every output is a float32 dot product
     over ``n_in`` in partial sums added at the end. ``narrow``: groups of four rows sum in half-width vectors
-    (``numba_kernels.NARROW`` floats), which the same weight blocks serve."""
+    (``numba_kernels.NARROW`` floats), which the same weight blocks serve. ``single_prefetch``: a single row
+    asks for the weight lines ahead (software prefetch) as groups of four rows do; else the CPU's own
+    prefetchers fetch them."""
 
     __slots__ = ()
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor, norm: tuple | None = None, gelu: bool = False,
-                 narrow: bool = False):
-        super().__init__(blocks(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu, (narrow,))
+                 narrow: bool = False, single_prefetch: bool = True):
+        super().__init__(blocks(_kept_dtype(w)), w.shape[1], _kernels()[2], b, norm, gelu, (narrow, single_prefetch))
 
 
 def blocks(w: torch.Tensor) -> torch.Tensor:
@@ -244,8 +246,8 @@ def _layers_kernel():
         return None
     from jukebox.inference import numba_kernels
 
-    product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False, False)
-    attn = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False, False)
+    product = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 1)).numpy(), np.zeros(1, np.float32), False, False, True)
+    attn = (_NONE_1D, _NONE_1D, 0.0, blocks(torch.ones(1, 3)).numpy(), np.zeros(3, np.float32), False, False, True)
     cache = np.zeros((1, 1, 1), np.float32)
     try:  # one sample, one position, width 1: every product is x -> x, the residuals double it twice
         layers = _typed_list([(attn, cache, cache.copy(), 1, 1.0, product, product, product)])

@@ -216,7 +216,8 @@ def tiled_linear(x, norm_weight, norm_bias, eps, tiles, bias, gelu, residual, ou
 # AVX-512, every group also asks for the lines it will read PREFETCH_STEPS iterations later into L1 (past a block's
 # end, the next block's), so that its loads find them there: four rows' arithmetic fills the CPU's window of
 # instructions in flight before it reaches loads far enough ahead to hide the wait for L2. AVX2 code, tuned on an
-# AMD EPYC, keeps the L2 prefetch alone (0).
+# AMD EPYC, keeps the L2 prefetch alone (0). A single row asks for lines only with ``single_prefetch``: over float16
+# weights, its loop is short enough for some CPUs' own prefetchers to stay ahead, where asking as well slows it.
 # With ``narrow``, a group of four rows takes each vector of the block as two halves (NARROW floats) and
 # asks for its L1 lines half as far ahead: on CPUs whose AVX-512 units are 256 bits wide (AMD Zen 4), the four
 # rows' arithmetic in full-width vectors falls behind the stream. Which suits a machine is timed, not assumed
@@ -310,12 +311,13 @@ def sums_4x4_narrow(x, m0, m1, m2, m3, wt, block, ahead):  # pragma: no cover (s
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
-def sums_1x4(x, m, wt, block, ahead):  # pragma: no cover
+def sums_1x4(x, m, wt, block, ahead, asks):  # pragma: no cover
     main = x.shape[1] - x.shape[1] % LANES
     a = b = c = d = vzeros(LANES)
     for k in range(0, main, LANES):
         at = 4 * k
-        prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS)
+        if asks:
+            prefetch_ahead(wt, block, ahead, at, PREFETCH_STEPS)
         xv = vload(x, m, k, LANES)
         a, b = vfma(xv, vload(wt, block, at, LANES), a), vfma(xv, vload(wt, block, at + LANES, LANES), b)
         c = vfma(xv, vload(wt, block, at + 2 * LANES, LANES), c)
@@ -325,7 +327,8 @@ def sums_1x4(x, m, wt, block, ahead):  # pragma: no cover
 
 
 @numba.njit(parallel=True, fastmath={"contract"}, nogil=True, boundscheck=False, cache=True)
-def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, narrow, residual, out):  # pragma: no cover
+def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, narrow, single_prefetch, residual,
+                   out):  # pragma: no cover
     rows, n_blocks = x.shape[0], wt.shape[0]
     if norm_weight.shape[0]:
         x = layer_norm(x, norm_weight, norm_bias, eps)
@@ -334,7 +337,7 @@ def blocked_linear(x, norm_weight, norm_bias, eps, wt, bias, gelu, narrow, resid
         ahead = block + PREFETCH_BLOCKS if block + PREFETCH_BLOCKS < n_blocks else -1
         for m0 in range(0, rows, 4):
             if m0 + 1 == rows:
-                finish4(sums_1x4(x, m0, wt, block, ahead), m0, o, bias, gelu, residual, out)
+                finish4(sums_1x4(x, m0, wt, block, ahead, single_prefetch), m0, o, bias, gelu, residual, out)
             else:
                 m1, m2, m3 = min(m0 + 1, rows - 1), min(m0 + 2, rows - 1), min(m0 + 3, rows - 1)
                 if narrow:
@@ -395,23 +398,23 @@ def cached_attention(proj, key, value, windows, n_head, scale, out):  # pragma: 
 
 # A whole layer: its five kernels one after another, with nothing between them (each call from Python would cost
 # more than the arithmetic of a small one). Each product's arguments are (norm weight, norm bias, eps, weight
-# blocks, bias, gelu, narrow), as blocked_linear takes them.
+# blocks, bias, gelu, narrow, single_prefetch), as blocked_linear takes them.
 @numba.njit(nogil=True, boundscheck=False, cache=True)
 def blocked_layer(x, n, attn, key, value, windows, n_head, scale, proj, fc, mlp):  # pragma: no cover
     rows = x.shape[0]
     positions, width = rows // n, key.shape[2]
     none = np.empty((0, 0), dtype=np.float32)
     qkv = np.empty((rows, attn[4].shape[0]), dtype=np.float32)
-    blocked_linear(x, attn[0], attn[1], attn[2], attn[3], attn[4], attn[5], attn[6], none, qkv)
+    blocked_linear(x, attn[0], attn[1], attn[2], attn[3], attn[4], attn[5], attn[6], attn[7], none, qkv)
     a = np.empty((n, positions, width), dtype=np.float32)
     cached_attention(qkv.reshape((n, positions, qkv.shape[1])), key, value, windows, n_head, scale, a)
     h = np.empty((rows, proj[4].shape[0]), dtype=np.float32)
-    blocked_linear(a.reshape((rows, width)), proj[0], proj[1], proj[2], proj[3], proj[4], proj[5], proj[6], x,
-                   h)
+    blocked_linear(a.reshape((rows, width)), proj[0], proj[1], proj[2], proj[3], proj[4], proj[5], proj[6], proj[7],
+                   x, h)
     f = np.empty((rows, fc[4].shape[0]), dtype=np.float32)
-    blocked_linear(h, fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], fc[6], none, f)
+    blocked_linear(h, fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], fc[6], fc[7], none, f)
     out = np.empty((rows, mlp[4].shape[0]), dtype=np.float32)
-    blocked_linear(f, mlp[0], mlp[1], mlp[2], mlp[3], mlp[4], mlp[5], mlp[6], h, out)
+    blocked_linear(f, mlp[0], mlp[1], mlp[2], mlp[3], mlp[4], mlp[5], mlp[6], mlp[7], h, out)
     return out
 
 
