@@ -82,7 +82,10 @@ def draw(logits: torch.Tensor, temp: float, top_k: int, top_p: float) -> torch.T
     The arithmetic of ``torch.distributions.Categorical(logits=...).sample()``, op for op (logits less their
     log-sum-exp, softmax, ``torch.multinomial``), so a generator state draws the same tokens; without the
     distribution object, whose Python work takes longer than the draw at a step's one token per item."""
-    logits = filter_logits(logits / temp, top_k=top_k, top_p=top_p)
+    if temp != 1.0:
+        logits = logits / temp
+    if top_k or top_p:
+        logits = filter_logits(logits, top_k=top_k, top_p=top_p)
     probs = F.softmax(logits - logits.logsumexp(-1, keepdim=True), dim=-1)
     return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True).view(probs.shape[:-1])
 
