@@ -86,6 +86,7 @@ class Backend:
         return True
 
     def min_batch(self, weights: torch.dtype) -> int:
+        """The smallest batch whose products of weights stored as ``weights`` run this backend's own code."""
         return 1
 
     def linear(self, w: torch.Tensor, b: torch.Tensor, batch: int, norm: tuple | None = None,
@@ -132,6 +133,7 @@ class NumbaBlocks(Numba):
     narrow = False
 
     def single_prefetch(self, weights: torch.dtype) -> bool:
+        """Whether a single row over weights stored as ``weights`` asks for their lines ahead (``BlockedLinear``)."""
         return True
 
     def linear(self, w, b, batch, norm=None, gelu=False):
