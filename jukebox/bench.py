@@ -207,19 +207,16 @@ def run(hps: str = CPU_DEFAULT, device: str = "cpu", threads: int = 2, n_samples
     # second to the next on some virtual ones, so it is measured before and after every timed run: each run is
     # set against the floor of its own two measurements, and the batch's ratio is the median of those.
     for n in n_samples:
-        steps, rates, run_floors, ratios = [], [], [], []
-        bandwidth = None
+        runs, bandwidths = [], []
         for r in range(repeats + 1):
             timer, total = sample(n, sample_tokens=tokens + 2)
+            bandwidths.append(measure_bandwidth(dev, repeats=3))
             if r:
-                after = measure_bandwidth(dev, repeats=3)
-                run_floors.append(weight_bytes * 2 / (bandwidth + after))
-                ratios.append(statistics.median(timer.step_times()) / run_floors[-1])
-                steps += timer.step_times()
-                rates.append(n * (tokens + 2) / total)
-                bandwidth = after
-            else:
-                bandwidth = measure_bandwidth(dev, repeats=3)
+                runs.append((timer.step_times(), n * (tokens + 2) / total))
+        run_floors = [weight_bytes * 2 / (before + after) for before, after in zip(bandwidths, bandwidths[1:])]
+        ratios = [statistics.median(times) / floor for (times, _), floor in zip(runs, run_floors)]
+        steps = [t for times, _ in runs for t in times]
+        rates = [rate for _, rate in runs]
         step, floor_n, ratio = statistics.median(steps), statistics.median(run_floors), statistics.median(ratios)
         plan = timer.sampler.plan
         out[f"ancestral_n{n}"] = res = dict(step_s=step, tokens_per_s=n / step, floor_s=floor_n, floor_ratio=ratio,

@@ -410,9 +410,9 @@ def test_kernel_products_equal_addmm(n_in, n_out, rows, kind, weights):
     BlockedLinear's four-by-four blocks, summed in whole or half-width vectors, single rows with or without
     software prefetch): addmm's numbers to float32 rounding for any batch and width, float16 weights read at two
     bytes and widened exactly, with the layer norm before and quick_gelu and the residual after the product when
-    asked. The widths cover BlockedLinear's whole
-    cache lines of weights (vectors) and the rest of a row past them, its groups of four rows, short groups and
-    single rows, and outputs with and without rows far enough ahead to prefetch."""
+    asked. The widths cover BlockedLinear's whole cache lines of weights (vectors) and the rest of a row past
+    them, its groups of four rows, short groups and single rows, and outputs with and without rows far enough
+    ahead to prefetch."""
     from jukebox.transformer.ops import Conv1D
 
     _needs_numba()

@@ -148,7 +148,8 @@ class NumbaBlocks256(NumbaBlocks):
         return weights != torch.float16
 
     def min_batch(self, weights):
-        return 1 if weights == torch.float16 else 2  # a single row of float32 weights is summed as numba_blocks does
+        # A single row differs from numba_blocks' only where its prefetching does.
+        return 1 if self.single_prefetch(weights) != super().single_prefetch(weights) else 2
 
     def missing(self):
         if not cpu_kernels.available():
