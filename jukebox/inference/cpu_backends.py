@@ -344,9 +344,9 @@ def choose(shape: dict, weights: torch.dtype, measure: Callable[[list[Backend]],
     started = time.perf_counter()
     candidates = []
     for backend in BACKENDS.values():
+        smallest = backend.min_batch(weights)
         reason = backend.missing() or (None if backend.exact(weights) else "not exact for these weights") or \
-            (None if shape["batch"] >= backend.min_batch(weights)
-             else f"another backend's code below {backend.min_batch(weights)} rows")
+            (None if shape["batch"] >= smallest else f"another backend's code below {smallest} rows")
         if reason is None:
             candidates.append(backend)
         else:
